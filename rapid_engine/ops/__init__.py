@@ -1,0 +1,5 @@
+"""Public functional ops. Each takes backend="auto"|"torch"|"cpu"|"cuda"|"triton".
+
+The same ops are registered as torch.ops.rapid.* (schemas in csrc/torch_bindings.cpp);
+rapid_engine.ops.reference holds the pure-torch specification of each.
+"""
