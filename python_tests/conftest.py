@@ -4,7 +4,13 @@ import os
 import pytest
 import torch
 
-from rapid_engine import _ext
+# Without a GPU, Triton kernels run in the interpreter. This must be set before any module that
+# defines @triton.jit kernels is imported (the decorator reads it). Compile-for-sm_80/90 checks
+# therefore run triton.compile in a subprocess with TRITON_INTERPRET=0.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from rapid_engine import _ext  # noqa: E402
 
 
 def available_backends(device: str = "cpu") -> list:
