@@ -1,0 +1,144 @@
+"""Choosing the draft length: gamma="auto" picks, each round, the gamma that maximises expected tokens per second.
+
+With a per-draft acceptance probability `alpha` (drafts accepted i.i.d. until the first rejection), a round that
+drafts `g` tokens emits on average
+
+    E(g) = 1 + alpha + ... + alpha^g = (1 - alpha^(g+1)) / (1 - alpha)
+
+tokens (the accepted drafts plus the recovered/bonus token) and costs
+
+    T(g) = g * t_draft + t_verify(g + 1)
+
+seconds. `g = 0` is plain decoding by the target alone (one token per `t_verify(1)`), so the rate E/T of the best
+g is never below plain decoding *by the model's own estimate*: speculation is switched off where it cannot pay.
+
+Everything is measured online in the same generation: `t_draft` from the drafter's one-token steps, `t_verify(n)`
+per verified width n (a line a + b (n - 1) fitted through the widths seen so far), `alpha` from decayed counts of
+accepted drafts and first rejections. While plain decoding wins, speculation is re-probed with a short draft at
+geometrically growing intervals, so a document where drafting starts to pay later is not missed, and the probes
+cost a vanishing fraction of the time where it never does.
+"""
+from __future__ import annotations
+
+
+class _Ema:
+    """Exponential moving average that is exact for the first sample."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.value: float | None = None
+        self.count = 0
+
+    def update(self, x: float) -> None:
+        self.count += 1
+        self.value = x if self.value is None else self.decay * self.value + (1.0 - self.decay) * x
+
+
+class SpeculationCostModel:
+    """Online estimate of draft/verify step costs and acceptance; `choose()` returns the next round's gamma."""
+
+    def __init__(self, gamma_max: int = 8, *, first_probe: int = 4, decay: float = 0.8,
+                 acceptance_decay: float = 0.95, acceptance_prior: tuple[float, float] = (1.0, 2.0), probe_interval: int = 8):
+        if gamma_max < 0:
+            raise ValueError(f"gamma_max must be >= 0, got {gamma_max}")
+        self.gamma_max = gamma_max
+        self.first_probe = min(first_probe, gamma_max)
+        self.decay = decay                        # step costs: follow drift quickly
+        self.acceptance_decay = acceptance_decay  # acceptance: per round, a window of ~20 rounds
+        self.t_draft = _Ema(decay)
+        self.t_verify: dict[int, _Ema] = {}  # verified width n -> seconds
+        # Decayed counts: accepted drafts, and trials (accepted + first rejections); prior = (accepted, trials).
+        self._accepted, self._trials = acceptance_prior
+        self._probe_interval = probe_interval
+        self._plain_rounds_since_probe = 0
+        self._next_probe = probe_interval
+        self.rounds = 0
+
+    # ---- measurements ----
+    def record_draft_step(self, seconds: float) -> None:
+        """One drafter forward over a single token (catch-up forwards over several tokens are not recorded)."""
+        self.t_draft.update(seconds)
+
+    def record_verify(self, width: int, seconds: float) -> None:
+        """One target forward over `width` tokens plus the acceptance step."""
+        self.t_verify.setdefault(width, _Ema(self.decay)).update(seconds)
+
+    def record_round(self, drafted: int, accepted: int) -> None:
+        self.rounds += 1
+        if drafted == 0:
+            return
+        rejected = 1 if accepted < drafted else 0
+        self._accepted = self.acceptance_decay * self._accepted + accepted
+        self._trials = self.acceptance_decay * self._trials + accepted + rejected
+        if accepted == drafted:  # a probe that paid off: keep probing soon if plain decoding wins again
+            self._next_probe = self._probe_interval
+
+    # ---- estimates ----
+    @property
+    def alpha(self) -> float:
+        """Per-draft acceptance probability (capped below 1 so E(g) stays finite)."""
+        return min(0.99, self._accepted / max(self._trials, 1e-9))
+
+    def verify_seconds(self, width: int) -> float | None:
+        """t_verify(width): measured if seen, else from a line through the measured widths (None if none)."""
+        seen = {n: e.value for n, e in self.t_verify.items()}
+        if width in seen:
+            return seen[width]
+        if not seen:
+            return None
+        if len(seen) == 1:
+            # One width seen: assume extra tokens cost what a lone token costs on top of a fixed part, the
+            # pessimistic end for compute-bound CPUs; the first real measurement of another width replaces it.
+            (n0, t0), = seen.items()
+            return t0 * (1.0 + 0.15 * (width - n0))
+        xs, ys = zip(*sorted(seen.items()))
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        slope = max(slope, 0.0)
+        return max(my + slope * (width - mx), 1e-9)
+
+    def expected_tokens(self, gamma: int) -> float:
+        a = self.alpha
+        return (1.0 - a ** (gamma + 1)) / (1.0 - a)
+
+    def round_seconds(self, gamma: int) -> float | None:
+        tv = self.verify_seconds(gamma + 1)
+        if tv is None or (gamma > 0 and self.t_draft.value is None):
+            return None
+        return tv + (gamma * self.t_draft.value if gamma > 0 else 0.0)
+
+    def rate(self, gamma: int) -> float | None:
+        """Expected tokens per second when drafting `gamma` tokens per round."""
+        t = self.round_seconds(gamma)
+        return None if t is None else self.expected_tokens(gamma) / t
+
+    def best_gamma(self) -> int:
+        rates = {g: self.rate(g) for g in range(self.gamma_max + 1)}
+        known = {g: r for g, r in rates.items() if r is not None}
+        return max(known, key=lambda g: (known[g], -g)) if known else 0
+
+    def predicted_speedup(self, gamma: int | None = None) -> float | None:
+        """Rate at `gamma` (default: the best) over plain decoding's rate, from the current estimates."""
+        g = self.best_gamma() if gamma is None else gamma
+        base, r = self.rate(0), self.rate(g)
+        return None if base is None or r is None else r / base
+
+    # ---- decision ----
+    def choose(self) -> int:
+        """Gamma for the next round. Explores until both costs are measured, then exploits, re-probing rarely."""
+        if self.gamma_max == 0:
+            return 0
+        if 1 not in self.t_verify:
+            return 0  # measure plain decoding first: it is the baseline every choice is compared with
+        if self.t_draft.value is None:
+            return self.first_probe
+        best = self.best_gamma()
+        if best > 0:
+            self._plain_rounds_since_probe = 0
+            return best
+        self._plain_rounds_since_probe += 1
+        if self._plain_rounds_since_probe >= self._next_probe:
+            self._plain_rounds_since_probe = 0
+            self._next_probe = min(self._next_probe * 2, 1024)
+            return 1
+        return 0
