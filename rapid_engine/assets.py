@@ -112,14 +112,19 @@ def _apt_download(packages: list, dest: Path) -> None:
         _run(cmd, package=" + ".join(packages), cwd=dest)
 
 
-def bible_text() -> str:
-    """The King James Bible, Genesis 1:1 to Revelation 22:21, as rendered by Debian's `bible` (~4.3 MB)."""
+def bible_path() -> Path:
+    """Cached .txt of the King James Bible, Genesis 1:1 to Revelation 22:21, rendered by Debian's `bible`."""
     path = cache_dir() / "text" / "bible-kjv.txt"
     if not path.exists():
         with _locked("bible"):
             if not path.exists():
                 _fetch_bible(path)
-    return path.read_text(encoding="utf-8")
+    return path
+
+
+def bible_text() -> str:
+    """The King James Bible as one string (~4.3 MB, about 1.1M tokens)."""
+    return bible_path().read_text(encoding="utf-8")
 
 
 def _fetch_bible(path: Path) -> None:
@@ -270,4 +275,4 @@ def qwen_coder_path() -> Path:
     return _converted("qwen2.5-coder-0.5b-instruct", qwen_coder_gguf)
 
 
-FETCHERS = {"bible": bible_text, "smollm2": smollm2_path, "qwen-coder": qwen_coder_path}
+FETCHERS = {"bible": bible_path, "smollm2": smollm2_path, "qwen-coder": qwen_coder_path}

@@ -275,7 +275,7 @@ def convert_gguf(src, out_dir, *, overwrite: bool = False, progress: bool = True
     if not src.is_file():
         raise FileNotFoundError(f"convert_gguf: src {src} is not a file")
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"convert_gguf: out_dir {out_dir} exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"convert_gguf: out_dir {out_dir} exists (overwrite=True / --overwrite replaces it)")
     reader = gguf.GGUFReader(src)
     meta = read_metadata(reader)
     arch = meta.get("general.architecture")
