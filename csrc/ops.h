@@ -33,6 +33,10 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cpu(const at::Tensor& target_logi
                                                    double top_p, double eta, double tail_alpha,
                                                    const std::string& residual);
 
+// ---- Batch-invariant small-M linear: y = x @ weight.T + bias; row m of y depends only on row m of x ----
+// x [..., K] fp32/bf16/fp16; weight [N, K] and bias [N] of x's dtype -> [..., N] in x's dtype.
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
 // Which CPU instruction-set path the kernels use now: "avx512", "avx2" or "scalar"
 // (RAPID_CPU_ISA=avx512|avx2|scalar forces a lower one; a higher one than the CPU has is an error).
 std::string cpu_isa();

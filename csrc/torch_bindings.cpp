@@ -15,6 +15,7 @@ TORCH_LIBRARY(rapid, m) {
   m.def(
       "spec_sample(Tensor target_logits, Tensor draft_tokens, Tensor? draft_probs, Tensor uniforms, "
       "float temperature, int top_k, float top_p, float eta, float tail_alpha, str residual) -> (Tensor, Tensor)");
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rapid, CPU, m) {
@@ -23,6 +24,7 @@ TORCH_LIBRARY_IMPL(rapid, CPU, m) {
   m.impl("kv_append", &rapid::kv_append_cpu);
   m.impl("verify_attention", &rapid::verify_attention_cpu);
   m.impl("spec_sample", &rapid::spec_sample_cpu);
+  m.impl("linear", &rapid::linear_cpu);
 }
 
 #ifdef RAPID_WITH_CUDA

@@ -23,6 +23,7 @@ SCHEMAS = {
         "spec_sample(Tensor target_logits, Tensor draft_tokens, Tensor? draft_probs, Tensor uniforms, "
         "float temperature, int top_k, float top_p, float eta, float tail_alpha, str residual) -> (Tensor, Tensor)"
     ),
+    "linear": "linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
 }
 
 _lib = None  # torch.library.Library("rapid", "DEF") when the extension is absent
