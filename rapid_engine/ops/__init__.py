@@ -5,3 +5,4 @@ rapid_engine.ops.reference holds the pure-torch specification of each.
 """
 from rapid_engine.ops.kv_quant import KV_DTYPES, QuantizedKV, dequantize_kv, kv_append, quantize_kv
 from rapid_engine.ops.attention import verify_attention
+from rapid_engine.ops.sampling import spec_sample

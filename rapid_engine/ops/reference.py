@@ -170,3 +170,116 @@ def verify_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale:
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, vf)  # [B, qh, nq, D]
     return out.transpose(1, 2).to(q.dtype).contiguous()
+
+
+# =====================================================================================
+# speculative sampling
+# =====================================================================================
+# spec_sample: one fused acceptance/resampling step (RAPID, arXiv 2502.20330, Eq. 6-10 + Algorithm 1).
+# Inputs: z = target_logits [B, G+1, V]; drafts x [B, G] int64; q = draft_probs [B, G, V] (None = one-hot
+# at x); uniforms float64 [B, G+1] in [0, 1):
+#   uniforms[:, i], i < G  the accept test of draft i:  accept iff u_i * q_i(x_i) < phat_i(x_i)
+#                          (= "with probability min(1, phat/q)"; q_i(x_i) = 0 rejects)
+#   uniforms[:, G]         the one final draw (recovered or bonus token) by inverse CDF in token-id order:
+#                          the smallest token t with sum_{y <= t} w(y) > u_G * sum_y w(y)
+# Ranking for the filters: by logit value, ties by the lower token id (the same on every backend).
+# Everything below runs in float64: this is the oracle, not a fast path.
+
+
+def spec_filter_mask(z: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Tokens kept by top-k then top-p. z [..., V] raw logits -> bool [..., V].
+
+    top-k keeps the k best-ranked tokens (0 = off). top-p keeps token x iff the top-k-renormalized mass of
+    the tokens ranked before x is < top_p: the smallest best-ranked set whose mass reaches top_p (1 = off)."""
+    V = z.shape[-1]
+    zs, order = torch.sort(z.double(), dim=-1, descending=True, stable=True)  # stable: ties by token id
+    rank_keep = torch.ones_like(zs, dtype=torch.bool)
+    if 0 < top_k < V:
+        rank_keep[..., top_k:] = False
+    if top_p < 1.0:
+        ls = (zs / temperature).masked_fill(~rank_keep, -math.inf)
+        ps = torch.softmax(ls, dim=-1)
+        mass_before = torch.cumsum(ps, dim=-1) - ps  # exclusive prefix mass, [..., V] in rank order
+        rank_keep &= mass_before < top_p
+    keep = torch.zeros_like(rank_keep)
+    return keep.scatter(-1, order, rank_keep)
+
+
+def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """w [N, V] non-negative weights with positive rows, u [N] in [0, 1) -> token ids [N] int64."""
+    cdf = torch.cumsum(w, dim=-1)
+    t = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # first t with cdf[t] > u*W
+    last_pos = (w > 0).long().cumsum(-1).argmax(-1)  # last positive-weight token (rounding guard)
+    return torch.minimum(t, last_pos)
+
+
+def spec_distributions(target_logits: torch.Tensor, draft_tokens: torch.Tensor,
+                       draft_probs: Optional[torch.Tensor], temperature: float, top_k: int, top_p: float,
+                       eta: float, tail_alpha: float, residual: str):
+    """The distributions spec_sample draws from, in float64 (temperature > 0), all [B, G(+1), V]:
+    p (filtered target, G+1 positions), q (draft), phat (RAPID's shifted target, G), resid (normalized
+    residual at each drafted position, G; zero-mass residuals replaced by phat)."""
+    B, G1, V = target_logits.shape
+    G = G1 - 1
+    z = target_logits.double()
+    if draft_probs is None:
+        q = torch.nn.functional.one_hot(draft_tokens, V).double()
+    else:
+        q = draft_probs.double()
+    keep = spec_filter_mask(z, temperature, top_k, top_p)
+    logit = (z / temperature).masked_fill(~keep, -math.inf)  # [B, G+1, V]
+    p = torch.softmax(logit, dim=-1)
+    lg, kg = logit[:, :G], keep[:, :G]
+    s = torch.where(kg, lg + eta * (q - p[:, :G]), lg)  # shift on the filtered support only
+    if tail_alpha > 0:
+        r = torch.softmax(s, dim=-1)
+        tail = kg & (r < tail_alpha * r.amax(-1, keepdim=True))
+        s = torch.where(tail, lg, s)  # tail tokens take back their unshifted logit
+    phat = torch.softmax(s, dim=-1)
+    if residual == "exact":
+        w = (phat - q).clamp_min(0)
+    else:
+        w = (p[:, :G] - torch.minimum(phat, q)).clamp_min(0)  # = max(p - phat, p - q, 0)
+    mass = w.sum(-1, keepdim=True)
+    resid = torch.where(mass > 0, w / mass.clamp_min(1e-300), phat)
+    return p, q, phat, resid
+
+
+def _first_rejection(accept: torch.Tensor) -> torch.Tensor:
+    """accept bool [B, G] -> number of leading accepted drafts [B] int64."""
+    return accept.long().cumprod(dim=-1).sum(-1)
+
+
+def _emit(draft_tokens: torch.Tensor, n: torch.Tensor, last: torch.Tensor):
+    B, G = draft_tokens.shape
+    pos = torch.arange(G + 1, device=draft_tokens.device)[None, :]
+    tokens = torch.full((B, G + 1), -1, dtype=torch.long, device=draft_tokens.device)
+    tokens[:, :G] = torch.where(pos[:, :G] < n[:, None], draft_tokens, -1)
+    tokens.scatter_(1, n[:, None], last[:, None])
+    return tokens, n.to(torch.int32)
+
+
+def spec_sample(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_probs: Optional[torch.Tensor],
+                uniforms: torch.Tensor, temperature: float, top_k: int, top_p: float, eta: float,
+                tail_alpha: float, residual: str):
+    """Reference of torch.ops.rapid.spec_sample -> (tokens int64 [B, G+1], num_accepted int32 [B]).
+    Semantics: rapid_engine/ops/sampling.py (spec_sample docstring); uniforms: see the section header."""
+    B, G1, V = target_logits.shape
+    G = G1 - 1
+    draft_tokens = draft_tokens.long()
+    rows = torch.arange(B, device=target_logits.device)
+    if temperature == 0:  # greedy: argmax(z + eta (q - softmax z)) at drafted positions, argmax z at the bonus
+        z = target_logits.double()
+        q = torch.nn.functional.one_hot(draft_tokens, V).double() if draft_probs is None else draft_probs.double()
+        best = torch.cat([(z[:, :G] + eta * (q - torch.softmax(z[:, :G], -1))).argmax(-1),
+                          z[:, G].argmax(-1, keepdim=True)], dim=1)  # [B, G+1]
+        n = _first_rejection(draft_tokens == best[:, :G])
+        return _emit(draft_tokens, n, best[rows, n])
+    p, q, phat, resid = spec_distributions(target_logits, draft_tokens, draft_probs, temperature, top_k, top_p,
+                                           eta, tail_alpha, residual)
+    u = uniforms.double()
+    qx = q.gather(-1, draft_tokens[..., None])[..., 0]  # [B, G]
+    phx = phat.gather(-1, draft_tokens[..., None])[..., 0]
+    n = _first_rejection((qx > 0) & (u[:, :G] * qx < phx))
+    final = torch.cat([resid, p[:, G:]], dim=1)[rows, n]  # [B, V]: residual at the rejection, else p_G
+    return _emit(draft_tokens, n, _inverse_cdf(final, u[:, G]))
