@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Generator
 
 
 @dataclass
@@ -14,9 +14,11 @@ class GenerationResult:
 
 
 class GenerationStream:
-    """Iterator of text pieces; once exhausted, `result` holds the GenerationResult."""
+    """Iterator of text pieces; once exhausted, `result` holds the GenerationResult.
 
-    def __init__(self, pieces: Iterator[str]):
+    `pieces` is a generator that yields text and *returns* the GenerationResult."""
+
+    def __init__(self, pieces: Generator[str, None, GenerationResult]):
         self._pieces = pieces
         self.result: GenerationResult | None = None
 
@@ -24,7 +26,12 @@ class GenerationStream:
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        try:
+            return next(self._pieces)
+        except StopIteration as done:
+            if self.result is None:
+                self.result = done.value
+            raise
 
 
 class TextTracker:
