@@ -63,6 +63,60 @@ def _fetch(args) -> int:
     return 0
 
 
+def _generate_args():
+    from rapid_engine.cli_engine import ENGINE_ARGS
+
+    return (arg("--model", required=True, metavar="DIR", help="model folder (config.json, safetensors, tokenizer)"),
+            arg("--prompt", help="text to continue (chat-formatted for models with a chat template, unless --raw)"),
+            arg("--raw", action="store_true", help="feed --prompt as is, without the chat template"),
+            arg("--max-new-tokens", type=int, default=256),
+            arg("--temperature", type=float, default=0.0, help="0 = greedy (default)"),
+            arg("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)"),
+            arg("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)"),
+            arg("--seed", type=int, default=None, help="random seed for sampling"),
+            arg("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="weights (default fp32 on CPU)"),
+            *ENGINE_ARGS)
+
+
+@subcommand("generate", *_generate_args(),
+            help="stream text from a model: plain --prompt, or --context FILE --question TEXT (RAPID)")
+def _generate(args) -> int:
+    import torch
+
+    from rapid_engine.models import load_model
+    from rapid_engine.sampling import check_sampling, generate_ids
+
+    if args.context:
+        from rapid_engine.cli_engine import answer_question
+
+        return answer_question(args)
+    if args.prompt is None:
+        raise ValueError("generate needs --prompt TEXT (or --context FILE --question TEXT)")
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    model = load_model(args.model, dtype=args.dtype)
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer.json")
+    text = args.prompt
+    if tok.chat_template and not args.raw:
+        text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    ids = tok.encode(text)
+    out, shown = [], ""
+    with torch.inference_mode():
+        for token in generate_ids(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, kv_dtype=args.kv_dtype):
+            if token in tok.eos_token_ids:
+                break
+            out.append(token)
+            text_now = tok.decode(out)
+            if not text_now.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                sys.stdout.write(text_now[len(shown):])
+                sys.stdout.flush()
+                shown = text_now
+    sys.stdout.write(tok.decode(out)[len(shown):] + "\n")
+    return 0
+
+
 def _load_plugins() -> None:
     for module in _PLUGIN_MODULES:
         importlib.import_module(module)
