@@ -132,10 +132,15 @@ class Chunker:
         """Cut one whitespace-free run into pieces of at most chunk_tokens // 2 tokens each."""
         limit, pieces = self.chunk_tokens // 2, []
         while s < e:
-            lo, hi = s + 1, e  # largest end in [lo, hi] whose piece fits (binary search on chars)
+            lo = s + 1
             if _encode_len(self.tokenizer, document[s:lo]) > limit:
                 raise ValueError(f"chunk_tokens={self.chunk_tokens} is too small: the single character "
                                  f"{document[s]!r} at offset {s} alone needs more than {limit} tokens")
+            # grow an upper bound exponentially, then binary-search the largest end that fits: every
+            # encode is of a piece near `limit` tokens, never of the whole remaining run
+            hi = min(e, s + 4 * limit)
+            while hi < e and _encode_len(self.tokenizer, document[s:hi]) <= limit:
+                lo, hi = hi, min(e, s + 2 * (hi - s))
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if _encode_len(self.tokenizer, document[s:mid]) <= limit:
@@ -165,7 +170,7 @@ class Chunker:
             chunks.append(Chunk(document[s:e], s, e, n_tok))
             if j == n:
                 break
-            i = self._next_start(prefix, i, j)
+            i = self._next_start(document, spans, prefix, i, j)
         return chunks
 
     def _choose_end(self, document, spans, prefix, cut_level, i) -> tuple[int, int]:
@@ -190,9 +195,13 @@ class Chunker:
             est = int(prefix[j] - prefix[i])
             target = min(int(est * budget / n_tok), est - 1)
 
-    def _next_start(self, prefix, i, j) -> int:
-        """First word of the next chunk: j, or earlier by up to overlap_tokens (always after i)."""
+    def _next_start(self, document, spans, prefix, i, j) -> int:
+        """First word of the next chunk: j, or earlier so that the two chunks share at most
+        overlap_tokens tokens (checked by encoding the shared text); always after i."""
         if self.overlap_tokens == 0:
             return j
         k = int(np.searchsorted(prefix, prefix[j] - self.overlap_tokens, side="left"))
-        return min(max(k, i + 1), j)
+        k = min(max(k, i + 1), j)
+        while k < j and _encode_len(self.tokenizer, document[spans[k, 0]:spans[j - 1, 1]]) > self.overlap_tokens:
+            k += 1
+        return k

