@@ -54,6 +54,9 @@ PRE_TOKENIZERS = {
     "llama-bpe": (False, _LLAMA3_SPLIT, False),
 }
 
+REQUIRED_KEYS = ("block_count", "context_length", "embedding_length", "feed_forward_length",
+                 "attention.head_count", "attention.layer_norm_rms_epsilon")
+
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 _CONTROL, _USER_DEFINED = 3, 4
 
@@ -211,6 +214,8 @@ def build_tokenizer(meta: dict):
     vocab = {tok: i for i, tok in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise GGUFConvertError("tokenizer.ggml.tokens has duplicate entries; cannot build a BPE vocabulary")
+    if "tokenizer.ggml.merges" not in meta:
+        raise GGUFConvertError("tokenizer.ggml.merges is missing; a gpt2 byte-level BPE vocabulary needs its merges")
     merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
 
@@ -282,6 +287,9 @@ def convert_gguf(src, out_dir, *, overwrite: bool = False, progress: bool = True
     if arch not in ARCHITECTURES:
         raise GGUFConvertError(f"architecture {arch!r} is not supported (supported: {sorted(ARCHITECTURES)})")
 
+    missing = [f"{arch}.{k}" for k in REQUIRED_KEYS if f"{arch}.{k}" not in meta]
+    if missing:
+        raise GGUFConvertError(f"GGUF metadata lacks required key(s) {missing}")
     tokenizer = build_tokenizer(meta)  # fail on an unsupported vocabulary before the slow part
     weights = convert_weights(reader, arch, meta, progress=progress)
     config = build_config(meta, {k: tuple(v.shape) for k, v in weights.items()})
