@@ -158,6 +158,8 @@ def long_text(n_tokens: int, tokenizer) -> str:
     if n_tokens < 1:
         raise ValueError(f"long_text: n_tokens must be >= 1, got {n_tokens}")
     text = bible_text()
+    if n_tokens > len(text):  # every token covers at least one character
+        raise ValueError(f"long_text: the Bible is only {len(text):,} characters long, asked for {n_tokens} tokens")
     n_chars = min(len(text), n_tokens * 5)  # English runs ~4 chars per token; grow if short
     while True:
         ids = _encode(tokenizer, text[:n_chars])
@@ -165,7 +167,7 @@ def long_text(n_tokens: int, tokenizer) -> str:
             break
         n_chars = min(len(text), n_chars * 2)
     if len(ids) < n_tokens:
-        raise ValueError(f"long_text: the Bible is only {len(ids)} tokens long, asked for {n_tokens}")
+        raise ValueError(f"long_text: the Bible is only {len(ids):,} tokens long, asked for {n_tokens}")
     return tokenizer.decode(ids[:n_tokens])
 
 
