@@ -258,7 +258,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
 # ---------------------------------------------------------------------------------------- errors
 
 def _minimal_gguf(path, arch="llama", tensor_type=QT.F32, tokenizer_model="gpt2", pre="smollm", merges=True,
-                  with_config=True):
+                  with_config=True, eos=0):
     w = gguf.GGUFWriter(str(path), arch)
     if with_config:
         for key in gc.REQUIRED_KEYS:
@@ -268,6 +268,7 @@ def _minimal_gguf(path, arch="llama", tensor_type=QT.F32, tokenizer_model="gpt2"
     w.add_token_list(tiny_vocab()[0])
     if merges:
         w.add_token_merges(MERGES)
+    w.add_eos_token_id(eos)
     if tensor_type == QT.F32:
         w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
     else:
@@ -285,6 +286,7 @@ def _minimal_gguf(path, arch="llama", tensor_type=QT.F32, tokenizer_model="gpt2"
     ({"tokenizer_model": "llama"}, "tokenizer.ggml.model 'llama' is not supported"),
     ({"pre": "deepseek-coder"}, "tokenizer.ggml.pre 'deepseek-coder' is not supported"),
     ({"merges": False}, "tokenizer.ggml.merges is missing"),
+    ({"eos": 265}, "tokenizer.ggml.eos_token_id = 265 is outside the 265-token vocabulary"),
     ({"with_config": False}, "GGUF metadata lacks required key(s) ['llama.block_count',"),
 ])
 def test_unsupported_input_is_a_clear_error_and_leaves_nothing(tmp_path, kwargs, message):
@@ -292,6 +294,13 @@ def test_unsupported_input_is_a_clear_error_and_leaves_nothing(tmp_path, kwargs,
     with pytest.raises(gc.GGUFConvertError, match=re.escape(message)):
         gc.convert_gguf(tmp_path / "bad.gguf", tmp_path / "out", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
+def test_not_a_gguf_file(tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"PK\x03\x04 this is a zip, not a GGUF" * 4)
+    with pytest.raises(gc.GGUFConvertError, match="is not a readable GGUF file"):
+        gc.convert_gguf(tmp_path / "x.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupted_write_leaves_no_output(tiny, tmp_path, monkeypatch):

@@ -216,6 +216,10 @@ def build_tokenizer(meta: dict):
         raise GGUFConvertError("tokenizer.ggml.tokens has duplicate entries; cannot build a BPE vocabulary")
     if "tokenizer.ggml.merges" not in meta:
         raise GGUFConvertError("tokenizer.ggml.merges is missing; a gpt2 byte-level BPE vocabulary needs its merges")
+    for name in ("bos", "eos", "padding", "unknown"):
+        i = meta.get(f"tokenizer.ggml.{name}_token_id")
+        if i is not None and not 0 <= i < len(tokens):
+            raise GGUFConvertError(f"tokenizer.ggml.{name}_token_id = {i} is outside the {len(tokens)}-token vocabulary")
     merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
 
@@ -281,7 +285,10 @@ def convert_gguf(src, out_dir, *, overwrite: bool = False, progress: bool = True
         raise FileNotFoundError(f"convert_gguf: src {src} is not a file")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"convert_gguf: out_dir {out_dir} exists (overwrite=True / --overwrite replaces it)")
-    reader = gguf.GGUFReader(src)
+    try:
+        reader = gguf.GGUFReader(src)
+    except ValueError as e:  # bad magic, truncated header, ...
+        raise GGUFConvertError(f"{src} is not a readable GGUF file: {e}") from e
     meta = read_metadata(reader)
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
