@@ -10,6 +10,7 @@ Works on CPU and CUDA (pass device="cuda"; timings synchronize the device).
 """
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -142,7 +143,9 @@ class InterleavedRoofline:
 def machine_info(device="cpu") -> dict:
     """What produced a figure: CPU model, threads, torch version, GPU name when one is used."""
     info = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            # Shared machines: a load above the core count means every absolute figure is depressed.
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
