@@ -2,7 +2,7 @@
 
 All n_query x (q_heads / kv_heads) query rows of one KV head share one read of that head's KV.
 Backends: "torch" (reference.verify_attention), "cpu" / "cuda" (torch.ops.rapid.verify_attention),
-"triton" (rapid_engine.triton). Argument errors are ValueError here, TORCH_CHECK in the C++ launchers.
+"triton" (rapid_engine.triton.verify_attention). Argument errors are ValueError here, TORCH_CHECK in the C++ launchers.
 """
 from __future__ import annotations
 
@@ -105,9 +105,6 @@ def verify_attention(q: torch.Tensor, k: Union[torch.Tensor, QuantizedKV], v: Un
         _check_seqlens_values(seqlens, q.shape[1], k.shape[2])
         return reference.verify_attention(*args)
     if be == "triton":
-        from rapid_engine import triton as rtriton
-        fn = getattr(rtriton, "verify_attention", None)
-        if fn is None:
-            raise RuntimeError("verify_attention: backend='triton' but rapid_engine.triton has no verify_attention")
-        return fn(*args)
+        from rapid_engine.triton.verify_attention import verify_attention_triton
+        return verify_attention_triton(*args)
     return torch.ops.rapid.verify_attention(*args)

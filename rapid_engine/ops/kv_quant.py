@@ -2,8 +2,7 @@
 
 Formats and rounding rules: rapid_engine/ops/reference.py (section "attention and KV quantization").
 Each function takes backend="auto"|"torch"|"cpu"|"cuda"|"triton"; "torch" runs the reference,
-"cpu"/"cuda" the compiled torch.ops.rapid kernels. Triton has no quantization kernels of its own,
-so "triton" runs the same torch.ops.rapid op as "auto" would for that device.
+"cpu"/"cuda" the compiled torch.ops.rapid kernels, "triton" rapid_engine.triton.kv_quant.
 """
 from __future__ import annotations
 
@@ -95,8 +94,16 @@ _registry.register_fake("dequantize_kv", _dequantize_kv_fake)
 _registry.register_fake("kv_append", _kv_append_fake)
 
 
-def _use_reference(backend: str, device: torch.device, op: str) -> bool:
-    return _ext.resolve_backend(backend, device, op) == "torch"
+def _impl(backend: str, device: torch.device, op: str):
+    """The function running `op` (schema signature) for this backend."""
+    be = _ext.resolve_backend(backend, device, op)
+    if be == "torch":
+        return getattr(reference, op)
+    if be == "triton":
+        from rapid_engine.triton import kv_quant as tkv
+        return {"quantize_kv": tkv.quantize_kv_triton, "kv_append": tkv.kv_append_triton,
+                "dequantize_kv": reference.dequantize_kv}[op]  # dequantize is off the hot path
+    return getattr(torch.ops.rapid, op)
 
 
 # ---- public API ----
@@ -109,10 +116,7 @@ def quantize_kv(x: torch.Tensor, kv_dtype: str, *, backend: str = "auto") -> Qua
                          f"{getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
     if kv_dtype == "int4":
         int4_group_size(x.shape[-1])
-    if _use_reference(backend, x.device, "quantize_kv"):
-        data, scale, zero = reference.quantize_kv(x, kv_dtype)
-    else:
-        data, scale, zero = torch.ops.rapid.quantize_kv(x, kv_dtype)
+    data, scale, zero = _impl(backend, x.device, "quantize_kv")(x, kv_dtype)
     return QuantizedKV(data, _none_if_empty(scale), _none_if_empty(zero), kv_dtype)
 
 
@@ -120,9 +124,7 @@ def dequantize_kv(qkv: QuantizedKV, *, backend: str = "auto") -> torch.Tensor:
     """float32 [B, H, T, D] from a QuantizedKV (or a plain tensor, which is just upcast)."""
     qkv = as_quantized(qkv, "dequantize_kv")
     args = (qkv.data, qkv.scale, qkv.zero, qkv.kv_dtype, qkv.head_dim)
-    if _use_reference(backend, qkv.device, "dequantize_kv"):
-        return reference.dequantize_kv(*args)
-    return torch.ops.rapid.dequantize_kv(*args)
+    return _impl(backend, qkv.device, "dequantize_kv")(*args)
 
 
 def kv_append(dst: QuantizedKV, x: torch.Tensor, start: int, *, backend: str = "auto") -> None:
@@ -140,7 +142,4 @@ def kv_append(dst: QuantizedKV, x: torch.Tensor, start: int, *, backend: str = "
         raise ValueError(f"kv_append: x is on {x.device} but the cache is on {dst.device}")
     scale = _empty_like_absent(dst.scale, dst.device)
     zero = _empty_like_absent(dst.zero, dst.device)
-    if _use_reference(backend, x.device, "kv_append"):
-        reference.kv_append(dst.data, scale, zero, x, start, dst.kv_dtype)
-    else:
-        torch.ops.rapid.kv_append(dst.data, scale, zero, x, start, dst.kv_dtype)
+    _impl(backend, x.device, "kv_append")(dst.data, scale, zero, x, start, dst.kv_dtype)

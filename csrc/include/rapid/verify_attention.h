@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -28,7 +29,12 @@ constexpr int kBlock = 32;           // keys per dequantized tile (K or V tile o
 constexpr int64_t kSplit = 512;      // keys per split: the unit of parallelism and of the LSE merge
 constexpr int kRowBlock = 64;        // rows per task on the many-rows (prefill) schedule
 constexpr int kPrefetchBlocks = 4;   // software prefetch distance, in tiles
-constexpr int64_t kMaxPartialBytes = int64_t(64) << 20;  // split partials above this -> row-block schedule
+// Split partials above this many bytes -> row-block schedule. RAPID_VERIFY_MAX_PARTIAL_MB overrides it
+// (tests set 0 to check that both schedules give bit-identical rows).
+inline int64_t max_partial_bytes() {
+  const char* env = std::getenv("RAPID_VERIFY_MAX_PARTIAL_MB");
+  return (env && env[0]) ? std::atoll(env) << 20 : int64_t(64) << 20;
+}
 
 // One K or V tensor: token t of (b, h) at data + b*sb + h*sh + t*st (bytes).
 struct KvTensor {
@@ -413,7 +419,7 @@ inline void run(const Params& p, Isa isa) {
   const int64_t nsplit = (max_len + kSplit - 1) / kSplit;
   const int64_t partial_bytes = BH * nsplit * R * (Dp + 2) * int64_t(sizeof(float));
 
-  if (nsplit > 1 && partial_bytes <= kMaxPartialBytes) {
+  if (nsplit > 1 && partial_bytes <= max_partial_bytes()) {
     // Decode/verify schedule: tasks over (b, h, split) -> partials -> ordered merge per row.
     const int64_t T = BH * nsplit;
     std::vector<float> pm(T * R), pl(T * R), pacc(T * R * Dp);
