@@ -4,7 +4,8 @@
 Bit identity needs IEEE arithmetic where the reference has it: x / scale is `div_rn` (a plain `/`
 may lower to an approximate divide), round-to-nearest-even of |y| < 2^22 is (y + 1.5*2^23) - 1.5*2^23
 (exact in fp32, and portable to every Triton >= 3.0 and the interpreter), and fp8 e4m3 is encoded
-with integer ops so sm_80 (no hardware e4m3) and the interpreter produce the same bytes.
+with integer ops so sm_80 (no hardware e4m3) and the interpreter produce the same bytes. FMA
+contraction is turned off for these kernels (enable_fp_fusion=False), as torch's eager ops do not fuse.
 Grid: (token blocks, B * H); each program quantizes BLOCK_T whole token rows of one head.
 """
 from __future__ import annotations
@@ -167,7 +168,7 @@ def kv_append_triton(data: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
         ng = D // g
         _quantize_int4_kernel[grid](
             x, data, scale, zero, T, ng, start, *x.stride(), *data.stride()[:3], *scale.stride()[:3],
-            *zero.stride()[:3], H, G=g, BLOCK_T=block_t, BLOCK_G=triton.next_power_of_2(ng))
+            *zero.stride()[:3], H, G=g, BLOCK_T=block_t, BLOCK_G=triton.next_power_of_2(ng), enable_fp_fusion=False)
         return
     # fp8 and bf16 are written as raw bits (portable rounding, see module docstring)
     dview = {"fp8": torch.uint8, "bf16": torch.int16}.get(kv_dtype)
@@ -176,7 +177,7 @@ def kv_append_triton(data: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
     ss = scale.stride()[:3] if sshape is not None else (0, 0, 0)
     _quantize_rows_kernel[grid](
         x, dview, sc, T, D, start, *x.stride(), *data.stride()[:3], *ss, H,
-        FORMAT=fmt, BLOCK_T=block_t, BLOCK_D=triton.next_power_of_2(D))
+        FORMAT=fmt, BLOCK_T=block_t, BLOCK_D=triton.next_power_of_2(D), enable_fp_fusion=False)
 
 
 def quantize_kv_triton(x: torch.Tensor, kv_dtype: str):
