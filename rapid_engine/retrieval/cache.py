@@ -37,6 +37,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _manifest_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "self_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 class CorruptEntry(Exception):
     """A cache entry that failed verification (reported as a warning, then rebuilt)."""
 
@@ -69,6 +74,7 @@ class IndexCache:
             for fname in files:
                 files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
             manifest = {"format": CACHE_FORMAT, "params": params, "meta": meta, "files": files}
+            manifest["self_sha256"] = _manifest_digest(manifest)
             (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
             final = self.entry_dir(key)
             if final.exists():  # a corrupt entry we are replacing: move it aside, then drop it
@@ -103,6 +109,8 @@ class IndexCache:
             raise CorruptEntry(f"unreadable manifest: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
             raise CorruptEntry("unknown manifest format")
+        if manifest.get("self_sha256") != _manifest_digest(manifest):
+            raise CorruptEntry("manifest fails its checksum")
         if manifest.get("params") != params:
             raise CorruptEntry("manifest parameters do not match the key")
         files = manifest.get("files")

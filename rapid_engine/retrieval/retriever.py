@@ -18,7 +18,7 @@ import numpy as np
 from rapid_engine.retrieval.cache import IndexCache, cache_key
 from rapid_engine.retrieval.chunker import Chunk, Chunker
 from rapid_engine.retrieval.embedders import resolve_embedder
-from rapid_engine.retrieval.index import VectorIndex
+from rapid_engine.retrieval.index import EXACT_BELOW, VectorIndex
 
 RETRIEVER_VERSION = 1
 MIN_BUDGET, BUDGET_FRACTION = 4096, 24  # the paper's default context budget: max(4096, L / 24)
@@ -60,12 +60,14 @@ def _embed_checked(embedder, texts: list, expect_dim: int, what: str) -> np.ndar
 class ChunkRetriever:
     def __init__(self, tokenizer, embedder="auto", *, chunk_tokens: int = 512, overlap_tokens: int = 0,
                  cache_dir=None, M: int = 32, ef_construction: int = 200, ef_search: int = 128,
-                 batch_size: int = 256, progress: Optional[bool] = None, memory_cache: int = 4):
+                 exact_below: int = EXACT_BELOW, batch_size: int = 256, progress: Optional[bool] = None,
+                 memory_cache: int = 4):
         self.chunker = Chunker(tokenizer, chunk_tokens, overlap_tokens)
         self.embedder = resolve_embedder(embedder)
         if int(self.embedder.dim) != self.embedder.dim or self.embedder.dim < 1:
             raise ValueError(f"embedder.dim must be a positive integer, got {self.embedder.dim!r}")
-        self.index_params = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
+        self.index_params = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search,
+                             "exact_below": int(exact_below)}
         VectorIndex(np.eye(2, dtype=np.float32), **self.index_params)  # validates the numbers now
         self.cache = IndexCache(cache_dir) if cache_dir is not None else None
         self.batch_size, self.progress = int(batch_size), progress
@@ -77,7 +79,7 @@ class ChunkRetriever:
         return {"retriever_version": RETRIEVER_VERSION, "embedder": self.embedder.name,
                 "document_sha256": hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest(),
                 "document_chars": len(document), **self.chunker.params(),
-                "M": self.index_params["M"], "ef_construction": self.index_params["ef_construction"]}
+                **{k: v for k, v in self.index_params.items() if k != "ef_search"}}  # ef_search: query time only
 
     def index(self, document: str) -> DocumentIndex:
         """Chunk, embed and index `document`, or load it from the memory / disk cache."""
@@ -146,7 +148,7 @@ class ChunkRetriever:
                                  vectors, owner.astype(np.int64), key, "disk")
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             import warnings
-            warnings.warn(f"retrieval cache entry {self.cache.entry_dir(key)} is unusable ({e}); rebuilding it")
+            warnings.warn(f"retrieval cache entry {self.cache.entry_dir(key)} is corrupt ({e}); rebuilding it")
             return None
 
     # ---- retrieval ------------------------------------------------------------------------------
