@@ -99,7 +99,7 @@ def _store(writer, name, hf_weight, qtype, rng):
     return gguf.quants.dequantize(raw, qtype)
 
 
-def write_tiny_gguf(path, *, arch="llama", tied=True, seed=0):
+def write_tiny_gguf(path, *, arch="llama", tied=True, seed=0, add_bos=False):
     """A 2-layer random model as GGUF. Returns (expected HF tensors, original F32 HF tensors)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch)
@@ -121,7 +121,7 @@ def write_tiny_gguf(path, *, arch="llama", tied=True, seed=0):
     w.add_token_merges(MERGES)
     w.add_bos_token_id(tokens.index("<|endoftext|>"))
     w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(add_bos)
     w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 
     expected, original = {}, {}
@@ -224,6 +224,37 @@ def test_tiny_tokenizer_matches_transformers_gguf_tokenizer(tiny):
         assert ours.encode(text) == ref.encode(text), text
         assert ours.decode(ours.encode(text)) == text
     assert len(ours.encode("<|im_start|>")) == 1 and len(ours.encode("<tool>")) == 1
+
+
+def test_add_bos_token_prepends_bos(tmp_path):
+    write_tiny_gguf(tmp_path / "t.gguf", add_bos=True)
+    out = gc.convert_gguf(tmp_path / "t.gguf", tmp_path / "hf", progress=False)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    bos = tiny_vocab()[0].index("<|endoftext|>")
+    the = tiny_vocab()[0].index("Ġthe")
+    assert tok.encode(" the") == [bos, the]
+    assert tok.encode(" the", add_special_tokens=False) == [the]
+
+
+def _llama_meta(**extra):
+    meta = {"general.architecture": "llama", "llama.embedding_length": 64, "llama.attention.head_count": 4,
+            "llama.block_count": 1, "llama.feed_forward_length": 128, "llama.context_length": 8192,
+            "llama.attention.layer_norm_rms_epsilon": 1e-5}
+    meta.update(extra)
+    return meta
+
+
+def test_rope_scaling_from_metadata():
+    shapes = {"model.embed_tokens.weight": (10, 64)}
+    assert gc.build_config(_llama_meta(), shapes)["rope_scaling"] is None
+    cfg = gc.build_config(_llama_meta(**{"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                                         "llama.rope.scaling.original_context_length": 2048}), shapes)
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "type": "yarn", "factor": 4.0,
+                                   "original_max_position_embeddings": 2048}
+    cfg = gc.build_config(_llama_meta(**{"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0}), shapes)
+    assert cfg["rope_scaling"]["rope_type"] == "linear" and cfg["rope_scaling"]["factor"] == 2.0
+    with pytest.raises(gc.GGUFConvertError, match="rope scaling type 'longrope' is not supported"):
+        gc.build_config(_llama_meta(**{"llama.rope.scaling.type": "longrope"}), shapes)
 
 
 def test_tiny_tied_embeddings_write_no_lm_head(tmp_path):
