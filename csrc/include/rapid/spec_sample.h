@@ -144,6 +144,10 @@ using Vec = VecScalar;
 #undef RAPID_SS_FN
 #undef RAPID_SS_MFN
 
+// Below this much work a thread team costs more than it saves (and on a busy machine a descheduled team
+// member turns a 0.3 ms call into tens of ms).
+constexpr int64_t kParallelMinFloats = 1 << 18;
+
 // Per item (b, i): logit max and flags. Returns the first bad (b, i) as b * (G + 1) + i, or -1.
 struct ValidateOut {
   int64_t bad_logit = -1, empty_row = -1, bad_prob = -1, bad_sum = -1;
@@ -155,7 +159,7 @@ inline ValidateOut validate(const Problem& pb, float* zmax, double sum_tol) {
   const int64_t n_items = pb.B * (pb.G + 1), n_q = pb.q ? pb.B * pb.G : 0;
   std::vector<uint8_t> bad(n_items, 0), qbad(n_q, 0);
   std::vector<double> qerr(n_q, 0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((n_items + n_q) * pb.V >= kParallelMinFloats)
   for (int64_t it = 0; it < n_items + n_q; ++it) {
     if (it < n_items) {
       const float* z = pb.logits + it * pb.V;
@@ -197,7 +201,7 @@ inline void sample(const Problem& pb, int64_t* tokens, int32_t* num_accepted) {
   std::vector<ItemResult> res(n_items);
   std::vector<std::atomic<int64_t>> first_reject(pb.B);
   for (auto& f : first_reject) f.store(G);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (n_items * pb.V >= kParallelMinFloats)
   for (int64_t it = 0; it < n_items; ++it) {
     const int64_t b = it / (G + 1), i = it % (G + 1);
     if (first_reject[b].load(std::memory_order_relaxed) < i) continue;  // an earlier draft already failed
