@@ -27,6 +27,13 @@ struct Params {
   bool greedy, paper, tail;
 };
 
+// Own functors: cub::Max / cub::Min are gone in CUDA 13's CCCL.
+struct MaxF {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct MinI {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? a : b; }
+};
 using Reduce = cub::BlockReduce<float, kThreads>;
 using ReduceI = cub::BlockReduce<int64_t, kThreads>;
 using Scan = cub::BlockScan<float, kThreads>;
@@ -51,7 +58,7 @@ __device__ __forceinline__ float block_sum(Shared& sh, float v) {
   return r;
 }
 __device__ __forceinline__ float block_max(Shared& sh, float v) {
-  float r = Reduce(sh.red).Reduce(v, cub::Max());
+  float r = Reduce(sh.red).Reduce(v, MaxF());
   if (threadIdx.x == 0) sh.f = r;
   __syncthreads();
   r = sh.f;
@@ -59,7 +66,7 @@ __device__ __forceinline__ float block_max(Shared& sh, float v) {
   return r;
 }
 __device__ __forceinline__ int64_t block_min_i(Shared& sh, int64_t v) {
-  int64_t r = ReduceI(sh.redi).Reduce(v, cub::Min());
+  int64_t r = ReduceI(sh.redi).Reduce(v, MinI());
   if (threadIdx.x == 0) sh.i = r;
   __syncthreads();
   r = sh.i;
