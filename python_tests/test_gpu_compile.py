@@ -43,9 +43,12 @@ def _torch_flags():
 
 
 def _nvcc_cmd(nvcc, src, obj):
-    # The same flags setup.py gives nvcc for RAPID_BUILD_CUDA=1.
-    cmd = [nvcc, "-c", str(src), "-o", str(obj), "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr",
-           "-Xcompiler", "-fPIC", "-DRAPID_WITH_CUDA=1", "-w"] + _torch_flags()
+    # The flags setup.py gives nvcc for RAPID_BUILD_CUDA=1, plus the ones torch's CUDAExtension adds
+    # (no implicit __half/__nv_bfloat16 conversions or operators).
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+    cmd = [nvcc, "-c", str(src), "-o", str(obj), "-std=c++17", "-O3", "--use_fast_math", "-lineinfo",
+           "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-DRAPID_WITH_CUDA=1", "-w"]
+    cmd += [f for f in COMMON_NVCC_FLAGS if f not in cmd] + _torch_flags()
     for a in ARCHS:
         cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     return cmd

@@ -132,7 +132,7 @@ def test_every_format_and_query_dtype(backend, kv_dtype, q_dtype):
     (2, 1, 8, 8, 97, 80, "int4"),      # group 1, D 80 (int4 groups of 16)
     (2, 5, 14, 2, 97, 96, "int8"),     # group 7
     (1, 16, 8, 1, 150, 128, "fp8"),    # group 8, 16 queries -> 128 rows, two row tiles
-    (3, 7, 4, 2, 1025, 64, "int4"),    # odd S, many splits
+    (2, 7, 4, 2, 1025, 64, "int4"),    # odd S, many splits
     (1, 80, 2, 1, 160, 64, "bf16"),    # prefill chunk (n_query > 64): one split, causal tile skipping
 ])
 def test_odd_shapes(backend, B, nq, q_heads, kv_heads, S, D, kv_dtype):
@@ -163,7 +163,7 @@ def test_noncontiguous_q_and_strided_cache(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_query_rows_do_not_depend_on_n_query(backend):
     """Fixed split boundaries: query i of an n_query=4 call equals a 1-query call at its position, bit for bit."""
-    args = list(_case(2, 4, 8, 2, 500, 64, "int8", torch.float32))
+    args = list(_case(2, 4, 8, 2, 300, 64, "int8", torch.float32))
     seqlens = args[7]
     full = _attend(backend, *args, split_size=128)
     for i in range(4):

@@ -162,8 +162,9 @@ at::Tensor verify_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
               "verify_attention: seqlens must be int32 [", B, "], got ", seqlens.scalar_type(), " ", seqlens.sizes());
   TORCH_CHECK(seqlens.device() == q.device(), "verify_attention: seqlens is on ", seqlens.device(), " but q is on ",
               q.device());
-  TORCH_CHECK(s_max < (int64_t(1) << 30) && nq * qh < (int64_t(1) << 30) && B * kvh <= 65535,
-              "verify_attention: sizes out of range for the CUDA kernel (S_max < 2^30, B * kv_heads <= 65535)");
+  TORCH_CHECK(s_max < (int64_t(1) << 30) && nq * (qh / kvh) <= 65535LL * cuda::kRowsPerBlock && B * kvh <= 65535,
+              "verify_attention: sizes out of range for the CUDA kernel (S_max < 2^30, n_query * group <= 4M, "
+              "B * kv_heads <= 65535)");
 
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty({B, nq, qh, D}, q.options());

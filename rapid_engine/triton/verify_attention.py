@@ -43,20 +43,27 @@ def _e4m3_to_f32(bits):
 
 
 @triton.jit
-def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, d, n_ok, d_ok, sd_s, ss_s,
-                  FORMAT: tl.constexpr, G: tl.constexpr):
-    """Dequantized fp32 tile [BLOCK_N, BLOCK_D] of keys n, columns d (pointers at this batch/head)."""
+def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
+                  FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Dequantized fp32 tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where
+    n_ok is false or the column is >= D."""
     rows = n[:, None].to(tl.int64)
-    mask = n_ok[:, None] & d_ok[None, :]
+    d = tl.arange(0, BLOCK_D)
+    mask = n_ok[:, None] & (d[None, :] < D)
     if FORMAT < 3:
         x = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
     elif FORMAT == 4:
-        byte = tl.load(data_ptr + rows * sd_s + d[None, :] // 2, mask=mask, other=0).to(tl.int32)
-        code = (byte >> ((d[None, :] % 2) * 4)) & 0xF
-        goff = rows * ss_s + d[None, :] // G
-        s = tl.load(scale_ptr + goff, mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(zero_ptr + goff, mask=mask, other=0.0).to(tl.float32)
-        x = code.to(tl.float32) * s + z
+        # packed bytes [BLOCK_N, BLOCK_D/2] -> interleave(low, high) nibbles = value order 2j, 2j+1
+        j = tl.arange(0, BLOCK_D // 2)
+        byte = tl.load(data_ptr + rows * sd_s + j[None, :], mask=n_ok[:, None] & (2 * j[None, :] < D),
+                       other=0).to(tl.int32)
+        code = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+        g = tl.arange(0, BLOCK_D // G)
+        gmask = n_ok[:, None] & (g[None, :] * G < D)
+        s = tl.load(scale_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)  # [BLOCK_N, NG]
+        z = tl.load(zero_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)
+        grouped = tl.reshape(code, (BLOCK_N, BLOCK_D // G, G)) * s[:, :, None] + z[:, :, None]
+        x = tl.reshape(grouped, (BLOCK_N, BLOCK_D))
     else:
         raw = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0)
         if FORMAT == 3:
@@ -115,7 +122,7 @@ def _verify_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < hi
-        k = _load_kv_tile(k_base, ks_base, kz_base, n, d, n_ok, d_ok, sks, skss, FORMAT, G)
+        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D)
         if DOT_FP32:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -128,7 +135,7 @@ def _verify_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_kv_tile(v_base, vs_base, vz_base, n, d, n_ok, d_ok, svs, svss, FORMAT, G)
+        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D)
         if DOT_FP32:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         else:
