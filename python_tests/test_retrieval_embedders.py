@@ -48,7 +48,8 @@ def test_minilm_matches_sentence_transformers(minilm):
 
 def test_minilm_properties(minilm):
     assert minilm.dim == 384 and minilm.max_seq_length == 256 and minilm.pooling == "mean"
-    assert minilm.window_tokens == 254  # 256 minus [CLS] and [SEP]
+    assert minilm.window_tokens == 64 and minilm.window_overlap == 16
+    assert SentenceEmbedder(minilm_path(), window_tokens=254).window_tokens == 254  # 256 minus [CLS], [SEP]
     assert minilm.name == resolve_embedder("minilm").name  # stable across loads
     v = minilm.encode(SENTENCES[:3])
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
@@ -75,15 +76,15 @@ def test_minilm_windows_cover_long_text(minilm):
 def test_sentence_embedder_errors(tmp_path):
     with pytest.raises(ValueError, match="local model folder containing config.json"):
         SentenceEmbedder(tmp_path)
-    with pytest.raises(ValueError, match="window_tokens must be in"):
-        SentenceEmbedder(minilm_path(), window_tokens=1000)
+    with pytest.raises(ValueError, match=r"window_tokens must be in \[8, 254\]"):
+        SentenceEmbedder(minilm_path(), window_tokens=255)
 
 
 def test_hashing_is_stable():
     """Cache keys rely on the same text hashing to the same buckets in every process and release:
     the buckets and signs of one text are pinned here (they must change only with the name's version)."""
     emb = HashingEmbedder(dim=64)
-    assert emb.name == "hashing-v1-d64-n3_5-w64"
+    assert emb.name == "hashing-v1-d64-n3_5-w32"
     v = emb.encode(["Hello, World"])[0]
     nz = np.flatnonzero(v)
     assert nz.tolist() == [0, 2, 3, 6, 8, 13, 18, 21, 29, 30, 31, 32, 38, 41, 48, 50, 54, 55, 56, 57]

@@ -22,6 +22,7 @@ from rapid_engine.retrieval.index import EXACT_BELOW, VectorIndex
 
 RETRIEVER_VERSION = 1
 MIN_BUDGET, BUDGET_FRACTION = 4096, 24  # the paper's default context budget: max(4096, L / 24)
+DEFAULT_THRESHOLD = 0.3  # cosine similarity, for sentence-embedding models
 PROGRESS_MIN_WINDOWS = 512  # show a progress bar from this many windows on (when progress=None)
 
 
@@ -58,6 +59,12 @@ def _embed_checked(embedder, texts: list, expect_dim: int, what: str) -> np.ndar
 
 
 class ChunkRetriever:
+    """Chunks by `tokenizer` (the target model's), embeds with `embedder` ('auto': MiniLM if installed,
+    else hashing), indexes with hnswlib (M, ef_construction, ef_search; exact search below `exact_below`
+    vectors). `cache_dir`: on-disk cache of built indexes (None: memory only). The last `memory_cache`
+    indexes are also kept in memory, so repeated questions about one document skip even the disk.
+    """
+
     def __init__(self, tokenizer, embedder="auto", *, chunk_tokens: int = 512, overlap_tokens: int = 0,
                  cache_dir=None, M: int = 32, ef_construction: int = 200, ef_search: int = 128,
                  exact_below: int = EXACT_BELOW, batch_size: int = 256, progress: Optional[bool] = None,
@@ -181,9 +188,10 @@ class ChunkRetriever:
         return scores
 
     def retrieve(self, document_or_index, query: str, *, budget_tokens: Optional[int] = None,
-                 top_k: Optional[int] = None, threshold: float = 0.3) -> list:
+                 top_k: Optional[int] = None, threshold: Optional[float] = None) -> list:
         """Best chunks scoring >= threshold that fit in budget_tokens (default max(4096, L/24)),
-        at most top_k of them, in document order, each with its score."""
+        at most top_k of them, in document order, each with its score. threshold=None: the embedder's
+        `default_threshold` when it has one (the hashing embedder: 0.2), else 0.3."""
         doc_index = self._as_index(document_or_index)
         budget = doc_index.default_budget if budget_tokens is None else budget_tokens
         if int(budget) != budget or budget < doc_index.chunk_tokens:
@@ -191,6 +199,8 @@ class ChunkRetriever:
                              f"(chunk_tokens={doc_index.chunk_tokens}); pass at least {doc_index.chunk_tokens}")
         if top_k is not None and (int(top_k) != top_k or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        if threshold is None:
+            threshold = float(getattr(self.embedder, "default_threshold", DEFAULT_THRESHOLD))
         if not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold!r}")
         sizes = np.asarray([c.n_tokens for c in doc_index.chunks])

@@ -4,14 +4,14 @@ A chunk (sized by the *target's* tokenizer) is usually longer than the embedder'
 pieces for MiniLM), and a short fact averaged with a few hundred unrelated tokens scores poorly.
 So a chunk is embedded as several windows of at most `window` embedder tokens and scored by its
 best window. Windows end on sentence ends, so every sentence that fits in a window lies whole inside
-one; consecutive windows share one sentence, so a statement spread over two adjacent sentences is
-seen together too. A sentence longer than a window is covered by token windows overlapping by
-`overlap` tokens.
+one; the next window starts with the trailing sentences of the previous one that fit in `overlap`
+tokens, so a short statement spread over two sentences is also seen together. A sentence longer
+than a window is covered by token windows overlapping by `overlap` tokens.
 """
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 
 import numpy as np
 
@@ -23,7 +23,7 @@ def sentence_window_spans(text: str, token_offsets, window: int, overlap: int) -
     """Character spans [(start, end)] of `text` covering all of its tokens.
 
     token_offsets: [(char_start, char_end)] of the embedder's tokens of `text`, in order.
-    window: the most tokens in one window; overlap: tokens shared by the windows inside one long sentence.
+    window: the most tokens in one window; overlap: the most tokens two consecutive windows share.
     """
     if window < 1 or not 0 <= overlap < window:
         raise ValueError(f"need window >= 1 and 0 <= overlap < window, got window={window}, overlap={overlap}")
@@ -41,10 +41,10 @@ def sentence_window_spans(text: str, token_offsets, window: int, overlap: int) -
             break
         b_idx = bisect_right(bounds, a + window) - 1  # last sentence start that fits
         b = bounds[b_idx]
-        if b > a:  # whole sentences [a, b); next window starts at the last of them (one shared)
+        if b > a:  # whole sentences [a, b); the next window repeats its trailing sentences that fit in `overlap`
             spans.append((a, b))
-            prev = bounds[b_idx - 1]
-            a = prev if prev > a else b
+            shared = bounds[bisect_left(bounds, b - overlap)]
+            a = shared if a < shared < b else b
         else:  # the sentence at a is longer than a window: slide through it token-wise
             spans.append((a, a + window))
             a = a + window - overlap
