@@ -62,6 +62,15 @@ class VectorIndex:
         index.add_items(self.vectors, np.arange(n), num_threads=self.num_threads)
         return index
 
+    def scores(self, queries) -> np.ndarray:
+        """Exact inner products [q, n] of `queries` [q, dim] with every vector."""
+        q = check_vectors(np.atleast_2d(queries), self.dim, "queries")
+        if len(q) <= 4:
+            # a matrix-vector product is memory-bound: one thread streams it as fast as two, and a
+            # threaded BLAS call costs 10x more when the cores are busy (measured: 28 ms vs 3 ms at 10K x 384)
+            return np.einsum("nd,qd->qn", self.vectors, q)
+        return q @ self.vectors.T
+
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [q, dim] (or [dim]) -> (scores [q, k'], ids [q, k']), best first, k' = min(k, n)."""
         q = check_vectors(np.atleast_2d(queries), self.dim, "queries")
@@ -69,7 +78,7 @@ class VectorIndex:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         k = min(int(k), len(self))
         if self.exact:
-            scores = q @ self.vectors.T  # [q, n]
+            scores = self.scores(q)  # [q, n]
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             top_scores = np.take_along_axis(scores, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")

@@ -176,7 +176,7 @@ class ChunkRetriever:
         n_windows, n = len(doc_index.vectors), len(doc_index.chunks)
         scores = np.full(n, -np.inf, np.float32)
         if doc_index.vectors.exact:
-            win = (doc_index.vectors.vectors @ q[0]).astype(np.float32)  # [n_windows]
+            win = doc_index.vectors.scores(q)[0]  # [n_windows]
             firsts = np.flatnonzero(np.r_[True, np.diff(doc_index.window_chunk) != 0])
             scores[doc_index.window_chunk[firsts]] = np.maximum.reduceat(win, firsts)
             return scores
@@ -205,7 +205,9 @@ class ChunkRetriever:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold!r}")
         sizes = np.asarray([c.n_tokens for c in doc_index.chunks])
         max_chunks = min(top_k or len(sizes), int(budget // max(1, sizes.min())))
-        scores = self.chunk_scores(doc_index, query, max_chunks)
+        # the graph search only needs to reach the chunks that can make the cut: about budget / typical size
+        wanted = min(max_chunks, 2 * int(np.ceil(budget / max(1.0, float(np.median(sizes))))))
+        scores = self.chunk_scores(doc_index, query, wanted)
         chosen, left = [], int(budget)
         for c_id in np.argsort(-scores, kind="stable"):  # best first; ties keep document order
             if scores[c_id] < threshold or len(chosen) == max_chunks:
