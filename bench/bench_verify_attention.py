@@ -1,0 +1,122 @@
+"""CPU verify_attention vs the memory/compute roofline and torch SDPA, bf16 vs int8 vs int4 KV.
+
+Per (model heads, S, n_query): the kernel with bf16, int8 and int4 KV and torch SDPA (bf16 q/K/V, the
+dequantized cache, bottom-right causal mask) are timed round-robin, with a streaming-read bandwidth
+sample before every round (this machine's bandwidth drifts). Caches rotate so the working set exceeds
+the last-level cache, as a decode step over many layers does. Every figure is a ratio from one run.
+
+    pytest bench/bench_verify_attention.py -s        # writes bench/results/bench_verify_attention.json
+Targets (issue 3): n_query=1, S>=16K, bf16: >= 70% of read bandwidth; S=64K: int8 <= 0.75x, int4 <= 0.6x
+the bf16 time; n_query=11: <= 2x max(bytes/bandwidth, flops/matmul rate); faster than SDPA everywhere.
+"""
+import math
+import statistics
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import roofline as rl
+from rapid_engine import _ext, ops
+
+pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason="CPU kernels not built")
+
+HEADS = {"llama3.1-8b": (32, 8, 128), "smollm2": (9, 3, 64)}
+SEQ = [4096, 16384, 65536]
+NQ = [1, 4, 11]
+FORMATS = ["bf16", "int8", "int4"]
+WORKING_SET = 384 << 20  # bytes of KV per format touched per rotation: past the LLC (260 MiB L3 here)
+ROUNDS = 3
+
+
+@pytest.fixture(scope="session")
+def matmul_rate():
+    return rl.matmul_gflops(torch.bfloat16, 2048, reps=3)
+
+
+def _nbytes(kv: ops.QuantizedKV) -> int:
+    return sum(t.numel() * t.element_size() for t in (kv.data, kv.scale, kv.zero) if t is not None)
+
+
+def _pool(kvh, D, S, n):
+    """n distinct bf16 (k, v) caches [1, kvh, S, D]; the bf16 runs and SDPA read these."""
+    g = torch.Generator().manual_seed(0)
+    return [tuple(torch.randn(1, kvh, S, D, generator=g).to(torch.bfloat16) for _ in range(2)) for _ in range(n)]
+
+
+def _caches(pool, fmt):
+    """Separate copies in `fmt`, cycling through the pool until WORKING_SET bytes exist."""
+    out, total, i = [], 0, 0
+    while total < WORKING_SET:
+        k, v = pool[i % len(pool)]
+        out.append((ops.quantize_kv(k, fmt), ops.quantize_kv(v, fmt)))
+        total += 2 * _nbytes(out[-1][0])
+        i += 1
+    return out
+
+
+def _rotating(fn_of_cache, caches):
+    state = {"i": 0}
+
+    def call():
+        fn_of_cache(*caches[state["i"] % len(caches)])
+        state["i"] += 1
+    return call
+
+
+@pytest.mark.parametrize("nq", NQ)
+@pytest.mark.parametrize("S", SEQ)
+@pytest.mark.parametrize("model", list(HEADS))
+def test_verify_attention_cpu(benchmark, report, roofline, matmul_rate, model, S, nq):
+    qh, kvh, D = HEADS[model]
+    q = torch.randn(1, nq, qh, D)
+    sl = torch.tensor([S], dtype=torch.int32)
+    bf16_bytes = 2 * kvh * S * D * 2
+    n_rot = max(1, math.ceil(WORKING_SET / bf16_bytes))
+    pool = _pool(kvh, D, S, n_rot)
+    fns, nbytes = {}, {}
+    for fmt in FORMATS:
+        caches = [(ops.QuantizedKV(k, None, None, "bf16"), ops.QuantizedKV(v, None, None, "bf16")) for k, v in pool] \
+            if fmt == "bf16" else _caches(pool, fmt)
+        nbytes[fmt] = 2 * _nbytes(caches[0][0]) + 2 * q.numel() * 4
+        fns[fmt] = _rotating(lambda k, v: ops.verify_attention(q, k, v, sl, backend="cpu"), caches)
+    # SDPA on the same inputs: bf16 q and the bf16 cache, explicit bottom-right causal mask
+    sd_caches = pool
+    qs = q.to(torch.bfloat16).transpose(1, 2)  # [1, qh, nq, D]
+    mask = torch.arange(S)[None, :] <= (S - nq + torch.arange(nq))[:, None]  # [nq, S]
+    G = qh // kvh
+
+    def sdpa(k, v):
+        try:  # torch >= 2.5 reads the KV heads in place
+            return F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
+        except TypeError:
+            return F.scaled_dot_product_attention(qs, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1),
+                                                  attn_mask=mask)
+    fns["sdpa"] = _rotating(sdpa, sd_caches)
+
+    reps = 3 if S >= 65536 else 6
+    times = {name: [] for name in fns}
+    fractions = []
+    for _ in range(ROUNDS):
+        bw = roofline.read_gbs()
+        t = rl.time_interleaved(fns, warmup=1, reps=reps)
+        for name in fns:
+            times[name].append(t[name])
+        fractions.append(nbytes["bf16"] / t["bf16"] / 1e9 / bw)
+    benchmark.pedantic(fns["bf16"], rounds=reps, iterations=1)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    bw = statistics.median(roofline.read_samples[-ROUNDS:])
+    flops = 4 * qh * nq * S * D  # Q.K and P.V
+    floor = {f: max(nbytes[f] / (bw * 1e9), flops / (matmul_rate * 1e9)) for f in FORMATS}
+    row = report(
+        model=model, S=S, n_query=nq, read_gbs=bw, matmul_gflops=matmul_rate,
+        **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
+        **{f"{f}_gbs": nbytes[f] / med[f] / 1e9 for f in FORMATS},
+        **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
+        bf16_read_fraction=statistics.median(fractions),
+        int8_over_bf16=med["int8"] / med["bf16"], int4_over_bf16=med["int4"] / med["bf16"],
+        **{f"{f}_over_floor": med[f] / floor[f] for f in FORMATS},
+        **{f"{f}_over_sdpa": med[f] / med["sdpa"] for f in FORMATS},
+    )
+    print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    assert all(t > 0 for t in med.values())
