@@ -286,3 +286,66 @@ def test_kv_bytes_per_token(built):
     c = model.config
     assert model.kv_bytes_per_token("fp32") == 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
     assert model.kv_bytes_per_token("bf16") == 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
+
+
+# ---------------------------------------------------------------- plain generation (rapid_engine.sampling)
+def test_generate_ids_greedy_is_the_argmax_of_full_forwards(built):
+    from rapid_engine.sampling import generate_ids
+
+    model = load_model(built("qwen2_tied")[1])
+    prompt = [3, 14, 15, 92, 65]
+    got = list(generate_ids(model, prompt, max_new_tokens=6, stop_ids=[]))
+    seq = list(prompt)
+    for _ in range(6):
+        seq.append(int(model.logits(torch.tensor([seq]))[0, -1].argmax()))
+    assert got == seq[len(prompt):]
+    stop = got[2]
+    assert list(generate_ids(model, prompt, max_new_tokens=6, stop_ids=[stop]))[-1] == stop
+
+
+def test_generate_ids_seeded_sampling_is_reproducible(built):
+    from rapid_engine.sampling import generate_ids
+
+    model = load_model(built("qwen2_tied")[1])
+    kw = dict(max_new_tokens=12, temperature=1.5, top_k=20, top_p=0.95, stop_ids=[])
+    a, b = (list(generate_ids(model, [1, 2, 3], seed=7, **kw)) for _ in range(2))
+    assert a == b and len(a) == 12 and all(0 <= t < VOCAB for t in a)
+
+
+def test_sample_next_follows_the_filtered_distribution():
+    """10^5 draws of one row: chi-square against softmax(top-p(top-k(z / T)))."""
+    from scipy.stats import chisquare
+
+    from rapid_engine.sampling import sample_next
+
+    z = torch.tensor([2.0, 1.5, 1.0, 0.2, -1.0, 0.9])
+    T, k, p = 0.8, 4, 0.9
+    probs = torch.softmax(z / T, 0)
+    keep = probs.argsort(descending=True)[:k]  # top-4: ids 0, 1, 2, 5
+    kp = probs[keep] / probs[keep].sum()
+    n_keep = int((kp.cumsum(0) < p).sum()) + 1  # smallest prefix with mass >= p
+    support = keep[:n_keep]
+    want = torch.zeros_like(probs)
+    want[support] = probs[support] / probs[support].sum()
+    n = 100_000
+    draws = sample_next(z.expand(n, -1).contiguous(), temperature=T, top_k=k, top_p=p,
+                        generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=z.numel()).double()
+    assert counts[want == 0].sum() == 0, "a filtered-out token was drawn"
+    res = chisquare(counts[support].numpy(), (want[support].double() / want[support].double().sum() * n).numpy())
+    assert res.pvalue > 1e-3, f"chi-square p={res.pvalue:.2g}"
+
+
+def test_invalid_sampling_parameters(built):
+    from rapid_engine.sampling import generate_ids
+
+    model = load_model(built("qwen2_tied")[1])
+    for kw, msg in ((dict(temperature=-0.5), "temperature"), (dict(temperature=float("nan")), "temperature"),
+                    (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+                    (dict(max_new_tokens=-1), "max_new_tokens")):
+        with pytest.raises(ValueError, match=msg):
+            generate_ids(model, [1, 2], **kw)
+    with pytest.raises(ValueError, match="prompt token ids"):
+        generate_ids(model, [1, VOCAB])
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_ids(model, [])

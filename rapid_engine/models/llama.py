@@ -53,10 +53,8 @@ class Model:
         hidden, inter, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         q_out, kv_out = cfg.num_heads * d, cfg.num_kv_heads * d
 
-        def read(name, shape):
-            out = torch.empty(shape, dtype=dtype, device=device)
-            weights.copy_into(out, name)
-            return out
+        def read(name, shape):  # the tensor safetensors hands out is already a private copy: keep it
+            return weights.get(name, shape).to(device=device, dtype=dtype)
 
         def fused(names_rows, width):  # stack tensors along dim 0 into one buffer, no temporary concat
             rows = sum(r for _, r in names_rows)
