@@ -117,6 +117,20 @@ def _generate(args) -> int:
     return 0
 
 
+def _demo_args():
+    from rapid_engine.cli_engine import DEMO_ARGS
+
+    return DEMO_ARGS
+
+
+@subcommand("demo", *_demo_args(),
+            help="plant a fact in a long real text and ask about it: lc and rapid answers and speeds side by side")
+def _demo(args) -> int:
+    from rapid_engine.cli_engine import demo
+
+    return demo(args)
+
+
 def _load_plugins() -> None:
     for module in _PLUGIN_MODULES:
         importlib.import_module(module)

@@ -63,7 +63,8 @@ def answer_question(args) -> int:
         raise ValueError("--context needs --question")
     with open(args.context, encoding="utf-8") as f:
         document = f.read()
-    engine = RapidEngine.from_pretrained(args.model, args.drafter, kv_dtype=args.kv_dtype, cache_dir=args.cache_dir)
+    engine = RapidEngine.from_pretrained(args.model, args.drafter, kv_dtype=args.kv_dtype, cache_dir=args.cache_dir,
+                                         dtype=getattr(args, "dtype", None))
     kw = dict(mode=args.mode, max_new_tokens=getattr(args, "max_new_tokens", 256),
               temperature=getattr(args, "temperature", 0.0) or 0.0, top_k=getattr(args, "top_k", 0) or 0,
               top_p=getattr(args, "top_p", 1.0) or 1.0, seed=getattr(args, "seed", None), gamma=_gamma(args.gamma),
@@ -88,6 +89,8 @@ DEMO_ARGS = (
     arg("--context-file", default=None, help="use this text instead of the King James Bible"),
     arg("--tokens", type=int, default=6000, help="document length in tokens (default 6000)"),
     arg("--max-new-tokens", type=int, default=48),
+    arg("--retrieval-tokens", type=int, default=1024,
+        help="drafter context budget (default 1024: on a CPU the drafter must read far less than the target)"),
     arg("--kv-dtype", default="bf16", choices=KV_DTYPES),
     arg("--cache-dir", default=None),
 )
@@ -109,7 +112,11 @@ def demo(args) -> int:
         try:
             text = assets.bible_text()
         except assets.AssetError as e:
-            raise ValueError(f"could not fetch the demo text ({e}); pass --context-file FILE with a long text")
+            if not sys.stdin.isatty():
+                raise ValueError(f"could not fetch the demo text ({e}); pass --context-file FILE with a long text")
+            path = input(f"could not fetch the demo text ({e}).\nPath to a long text file: ").strip()
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
     fact, question = FACTS[0]
     document = plant_fact(text, fact, engine.target.tokenizer, args.tokens)
     print(f"document: {args.tokens} tokens of {'your file' if args.context_file else 'the King James Bible'}, "
@@ -117,7 +124,8 @@ def demo(args) -> int:
     results = {}
     for mode in ("lc", "rapid"):
         t0 = time.perf_counter()
-        res = engine.generate(document, question, mode=mode, max_new_tokens=args.max_new_tokens, progress=None)
+        res = engine.generate(document, question, mode=mode, max_new_tokens=args.max_new_tokens, progress=None,
+                              retrieval_tokens=args.retrieval_tokens)
         results[mode] = res
         print(f"[{mode}] ({time.perf_counter() - t0:.1f} s) {res.text.strip()}\n", flush=True)
     print(stats_table({m: r.stats for m, r in results.items()}))

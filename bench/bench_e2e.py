@@ -1,0 +1,191 @@
+"""End-to-end decoding speed of the RAPID engine on a real long text, every figure a ratio from one run.
+
+    python bench/bench_e2e.py                       # SmolLM2 2K/4K/8K (+16K/32K RoPE-extended), Qwen 8K/16K/32K
+    python bench/bench_e2e.py --models smollm2 --lengths 2048,4096 --new-tokens 48
+
+Per (model, context length): the King James Bible with one planted fact and a question about it; modes `lc`
+(the target alone, token by token), `rag`, `sd` (gamma auto, eta 0) and `rapid` (gamma auto, eta 1, greedy);
+and transformers' `generate` (the user's alternative) from the same prompt ids with a prefilled cache, up to
+--hf-max-len. Reported: decode tokens/s, acceptance, mean accepted drafts per round, mean gamma, the speedup
+over `lc` and over transformers, and the speedup the engine's own cost model predicted from the step costs it
+measured (t_draft, t_verify(n), acceptance) during that run. Prefill is shared through the document cache, so
+only `lc` pays it. SmolLM2 past its trained 8K runs with linear RoPE scaling: a speed run, its acceptance is
+not a quality figure (marked `rope_extended`).
+
+Writes bench/results/e2e.json and e2e_speedup.png / e2e_acceptance.png (speedup and acceptance vs length).
+Not collected as a test: it is a script (minutes per long context on a 2-core CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+sys.path.insert(0, str(BENCH_DIR))
+
+DEFAULT_LENGTHS = {"smollm2": [2048, 4096, 8192, 16384, 32768], "qwen-coder": [8192, 16384, 32768]}
+MODES = ("lc", "rag", "sd", "rapid")
+
+
+def _document(tokenizer, n_tokens: int, fact: str) -> str:
+    from rapid_engine import assets
+    body = assets.long_text(n_tokens, tokenizer.tokenizer)
+    mid = body.find("\n", len(body) // 2)
+    return f"{body[:mid]}\n{fact}\n{body[mid:]}"
+
+
+def _load(name: str, length: int):
+    """The model at this length: SmolLM2 past 8K gets linear RoPE scaling (a speed run)."""
+    from rapid_engine import assets
+    from rapid_engine.models.loader import load_model
+    path = assets.smollm2_path() if name == "smollm2" else assets.qwen_coder_path()
+    model = load_model(path)
+    trained = model.config.max_position_embeddings
+    if length + 1024 <= trained:  # room for the template, question and new tokens
+        return model, trained, False
+    factor = 2
+    while trained * factor < length + 1024:
+        factor *= 2
+    model = load_model(path, rope_scaling={"rope_type": "linear", "factor": float(factor)})
+    return model, trained * factor, True
+
+
+def _hf_decode_tps(folder, prompt_ids: list, new_tokens: int) -> tuple[float, list]:
+    """transformers: prefill the same prompt into a DynamicCache (chunked), then time greedy generate."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    ids = torch.tensor([prompt_ids])
+    cache = DynamicCache()
+    with torch.inference_mode():
+        for s in range(0, ids.shape[1] - 1, 1024):
+            model(ids[:, s:min(s + 1024, ids.shape[1] - 1)], past_key_values=cache, use_cache=True)
+        t0 = time.perf_counter()
+        out = model.generate(ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=0)
+        dt = time.perf_counter() - t0
+    return new_tokens / dt, out[0, ids.shape[1]:].tolist()
+
+
+def run_case(name: str, length: int, args, cache_dir: Path) -> dict:
+    from rapid_engine.engine import RapidEngine
+    from rapid_engine.retrieval.needles import FACTS
+    from rapid_engine import assets
+
+    model, capacity, extended = _load(name, length)
+    fact, question = FACTS[length % len(FACTS)]
+    engine = RapidEngine(model, kv_dtype=args.kv_dtype, cache_dir=cache_dir, max_context=capacity)
+    document = _document(model.tokenizer, length, fact)
+    kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, progress=True, retrieval_tokens=args.retrieval_tokens)
+    row = {"model": name, "context_tokens": length, "rope_extended": extended, "kv_dtype": args.kv_dtype,
+           "new_tokens": args.new_tokens, "modes": {}}
+    for mode in MODES:
+        extra = {} if mode in ("lc", "rag") else {"gamma": "auto"}
+        res = engine.generate(document, question, mode=mode, **kw, **extra)
+        s = res.stats
+        row["modes"][mode] = {k: s[k] for k in ("decode_tokens_per_s", "acceptance_rate", "mean_accepted", "gamma",
+                                                "accepted_hist", "prefill_s", "retrieval_s", "drafted", "accepted",
+                                                "generated_tokens", "predicted_speedup", "draft_step_s", "verify_s",
+                                                "prompt_tokens", "drafter_prompt_tokens")}
+        row["modes"][mode]["answer"] = res.text[:200]
+        print(f"  {name} {length:>6} {mode:<6} {s['decode_tokens_per_s']:7.2f} tok/s  accept "
+              f"{s['acceptance_rate']:.2f}  gamma {s['gamma']:.2f}  predicted x{s['predicted_speedup'] or 1:.2f}",
+              flush=True)
+    lc_tps = row["modes"]["lc"]["decode_tokens_per_s"]
+    for mode, m in row["modes"].items():
+        m["speedup_vs_lc"] = m["decode_tokens_per_s"] / lc_tps
+    if length <= args.hf_max_len and not extended:
+        from rapid_engine.prompting import build_prompt
+        p = build_prompt(model.tokenizer, document, question, capacity=capacity, reserve=args.new_tokens + 1)
+        assert len(p.ids) == row["modes"]["lc"]["prompt_tokens"]  # exactly lc's prompt
+        path = assets.smollm2_path() if name == "smollm2" else assets.qwen_coder_path()
+        hf_tps, _ = _hf_decode_tps(path, p.ids, args.new_tokens)
+        row["transformers_decode_tokens_per_s"] = hf_tps
+        for m in row["modes"].values():
+            m["speedup_vs_transformers"] = m["decode_tokens_per_s"] / hf_tps
+        print(f"  {name} {length:>6} transformers {hf_tps:7.2f} tok/s", flush=True)
+    return row
+
+
+def markdown_table(rows: list) -> str:
+    lines = ["| model | context | mode | decode tok/s | x lc | x transformers | predicted x lc | accept | mean acc | "
+             "gamma |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ctx = f"{r['context_tokens']}" + (" (RoPE-extended)" if r["rope_extended"] else "")
+        hf = r.get("transformers_decode_tokens_per_s")
+        if hf:
+            lines.append(f"| {r['model']} | {ctx} | transformers | {hf:.2f} | "
+                         f"{hf / r['modes']['lc']['decode_tokens_per_s']:.2f} | 1.00 | | | | |")
+        for mode, m in r["modes"].items():
+            pred = m["predicted_speedup"] if mode in ("sd", "rapid") and m["predicted_speedup"] else None
+            vs_hf = f"{m['speedup_vs_transformers']:.2f}" if hf else ""
+            acc = f"{m['acceptance_rate']:.2f}" if m["drafted"] else ""
+            mean = f"{m['mean_accepted']:.2f}" if m["drafted"] else ""
+            lines.append(f"| {r['model']} | {ctx} | {mode} | {m['decode_tokens_per_s']:.2f} | "
+                         f"{m['speedup_vs_lc']:.2f} | {vs_hf} | {f'{pred:.2f}' if pred else ''} | {acc} | {mean} | "
+                         f"{m['gamma']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list, out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for key, fname, ylabel in (("speedup_vs_lc", "e2e_speedup.png", "decode speedup over lc"),
+                               ("acceptance_rate", "e2e_acceptance.png", "draft acceptance rate")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for model in sorted({r["model"] for r in rows}):
+            rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["context_tokens"])
+            for mode in (("rag", "sd", "rapid") if key == "speedup_vs_lc" else ("sd", "rapid")):
+                xs = [r["context_tokens"] for r in rs]
+                ax.plot(xs, [r["modes"][mode][key] for r in rs], marker="o", label=f"{model} {mode}")
+        if key == "speedup_vs_lc":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context tokens (SmolLM2 past 8K: RoPE-extended speed run)")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2,qwen-coder")
+    ap.add_argument("--lengths", default=None, help="comma-separated; default per model (see module doc)")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--kv-dtype", default="bf16")
+    ap.add_argument("--retrieval-tokens", type=int, default=None,
+                    help="drafter context budget (default: the paper's max(4096, L/24))")
+    ap.add_argument("--hf-max-len", type=int, default=8192, help="longest context also run with transformers")
+    ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
+    args = ap.parse_args(argv)
+    from roofline import machine_info, read_bandwidth_gbs
+
+    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rapid-e2e-") as cache_dir:
+        for name in args.models.split(","):
+            lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else DEFAULT_LENGTHS[name]
+            for length in lengths:
+                rows.append(run_case(name, length, args, Path(cache_dir)))
+                report = {"machine": machine_info(), "read_bandwidth_gbs": read_bandwidth_gbs(), "rows": rows}
+                out.write_text(json.dumps(report, indent=1, default=str))  # after every case: partial runs count
+    plot(rows, out.parent)
+    table = markdown_table(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out}, {out.with_suffix('.md')} and plots")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
