@@ -75,7 +75,7 @@ def test_hnsw_path_agrees_with_exact(tokenizer, document):
 @pytest.mark.parametrize("exact_below", [2000, 0], ids=["exact", "hnsw"])
 def test_cache_hit_is_identical(tokenizer, document, tmp_path, exact_below):
     cold = make(tokenizer, cache_dir=tmp_path, exact_below=exact_below).index(document)
-    assert cold.source == "built"
+    assert cold.source == "built" and set(cold.seconds) == {"chunk", "embed", "graph"}
     entry = tmp_path / cold.key
     names = sorted(p.name for p in entry.iterdir())
     assert names == sorted(["manifest.json", "chunks.npy", "vectors.npy", "window_chunk.npy"]
@@ -85,7 +85,7 @@ def test_cache_hit_is_identical(tokenizer, document, tmp_path, exact_below):
     json.loads((entry / "manifest.json").read_text())
     r2 = make(tokenizer, cache_dir=tmp_path, exact_below=exact_below)  # a fresh process, as far as caching goes
     warm = r2.index(document)
-    assert warm.source == "disk" and warm.key == cold.key
+    assert warm.source == "disk" and warm.key == cold.key and set(warm.seconds) == {"load"}
     assert warm.chunks == cold.chunks and warm.n_tokens == cold.n_tokens
     np.testing.assert_array_equal(warm.vectors.vectors, cold.vectors.vectors)
     for q in [QUERY, "the generations of Noah"]:
@@ -147,6 +147,10 @@ def test_bad_input(tokenizer, document):
             r.retrieve(index, bad)
     with pytest.raises(ValueError, match="document must be a str"):
         r.index(None)
+    fresh = make(tokenizer)
+    with pytest.raises(ValueError, match="query must be a non-empty str"):
+        fresh.retrieve(document, " ")
+    assert not fresh._memory, "a bad query must be refused before the document is indexed"
     with pytest.raises(ValueError, match=r"budget_tokens=100 is smaller than one chunk \(chunk_tokens=128\)"):
         r.retrieve(index, QUERY, budget_tokens=100)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rapid_engine.retrieval.cache import IndexCache, cache_key
 from rapid_engine.retrieval.chunker import Chunk, Chunker
@@ -37,10 +40,16 @@ class DocumentIndex:
     window_chunk: np.ndarray = field(repr=False)    # [n_windows] int64, chunk of each window (sorted)
     key: str = ""
     source: str = "built"
+    seconds: dict = field(default_factory=dict)  # building: chunk / embed / graph; from disk: load
 
     @property
     def default_budget(self) -> int:
         return max(MIN_BUDGET, self.n_tokens // BUDGET_FRACTION, self.chunk_tokens)
+
+
+def _check_query(query) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"query must be a non-empty str, got {query!r}")
 
 
 def _embed_checked(embedder, texts: list, expect_dim: int, what: str) -> np.ndarray:
@@ -99,8 +108,11 @@ class ChunkRetriever:
         if key in self._memory:
             self._memory.move_to_end(key)
             return dataclasses.replace(self._memory[key], source="memory")
+        t0 = time.perf_counter()
         doc_index = self._load(document, key, params) if self.cache is not None else None
-        if doc_index is None:
+        if doc_index is not None:
+            doc_index.seconds["load"] = time.perf_counter() - t0
+        else:
             doc_index = self._build(document, key, params)
         self._memory[key] = doc_index
         while len(self._memory) > self._memory_size:
@@ -118,19 +130,23 @@ class ChunkRetriever:
         return texts, np.asarray(owner, dtype=np.int64)
 
     def _build(self, document: str, key: str, params: dict) -> DocumentIndex:
+        t0 = time.perf_counter()
         chunks = self.chunker.split(document)
+        n_tokens = len(self.chunker.tokenizer.encode(document, add_special_tokens=False))
         texts, owner = self._windows(chunks)
+        t1 = time.perf_counter()
         show = self.progress if self.progress is not None else len(texts) >= PROGRESS_MIN_WINDOWS
-        from tqdm.auto import tqdm
         vecs = np.empty((len(texts), int(self.embedder.dim)), np.float32)
         with tqdm(total=len(texts), desc="embedding chunks", unit="window", disable=not show) as bar:
             for b in range(0, len(texts), self.batch_size):
                 batch = texts[b:b + self.batch_size]
                 vecs[b:b + len(batch)] = _embed_checked(self.embedder, batch, vecs.shape[1], "chunk windows")
                 bar.update(len(batch))
-        n_tokens = len(self.chunker.tokenizer.encode(document, add_special_tokens=False))
+        t2 = time.perf_counter()
+        vectors = VectorIndex(vecs, **self.index_params)
+        seconds = {"chunk": t1 - t0, "embed": t2 - t1, "graph": time.perf_counter() - t2}
         doc_index = DocumentIndex(chunks, self.embedder.name, n_tokens, self.chunker.chunk_tokens,
-                                  VectorIndex(vecs, **self.index_params), owner, key, "built")
+                                  vectors, owner, key, "built", seconds)
         if self.cache is not None:
             spans = np.asarray([(c.start, c.end, c.n_tokens) for c in chunks], dtype=np.int64)
             self.cache.save(key, params, {"n_tokens": n_tokens},
@@ -145,8 +161,13 @@ class ChunkRetriever:
         meta, arrays, graph = entry
         try:
             spans, vecs, owner = arrays["chunks"], arrays["vectors"], arrays["window_chunk"]
-            if spans.ndim != 2 or spans.shape[1] != 3 or owner.shape != (len(vecs),):
+            if spans.ndim != 2 or spans.shape[1] != 3 or owner.shape != (len(vecs),) or vecs.ndim != 2:
                 raise ValueError("array shapes disagree")
+            if vecs.shape[1] != self.embedder.dim:
+                raise ValueError(f"vectors have dimension {vecs.shape[1]}, the embedder {self.embedder.dim}")
+            if len(spans) == 0 or spans[:, 0].min() < 0 or spans[:, 1].max() > len(document) or \
+                    np.any(spans[:, 0] >= spans[:, 1]):
+                raise ValueError("chunk spans outside the document")
             if len(owner) and (owner.min() < 0 or owner.max() >= len(spans) or np.any(np.diff(owner) < 0)):
                 raise ValueError("window_chunk is not a sorted list of chunk ids")
             chunks = [Chunk(document[s:e], int(s), int(e), int(n)) for s, e, n in spans.tolist()]
@@ -154,7 +175,6 @@ class ChunkRetriever:
             return DocumentIndex(chunks, self.embedder.name, int(meta["n_tokens"]), self.chunker.chunk_tokens,
                                  vectors, owner.astype(np.int64), key, "disk")
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            import warnings
             warnings.warn(f"retrieval cache entry {self.cache.entry_dir(key)} is corrupt ({e}); rebuilding it")
             return None
 
@@ -170,8 +190,7 @@ class ChunkRetriever:
     def chunk_scores(self, doc_index: DocumentIndex, query: str, n_chunks: Optional[int] = None) -> np.ndarray:
         """Score of every chunk for `query` (its best window; -inf where the graph search did not reach
         it). `n_chunks` = how many best chunks the caller needs (bounds the HNSW search)."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query must be a non-empty str, got {query!r}")
+        _check_query(query)
         q = _embed_checked(self.embedder, [query], doc_index.vectors.dim, "the query")
         n_windows, n = len(doc_index.vectors), len(doc_index.chunks)
         scores = np.full(n, -np.inf, np.float32)
@@ -192,6 +211,7 @@ class ChunkRetriever:
         """Best chunks scoring >= threshold that fit in budget_tokens (default max(4096, L/24)),
         at most top_k of them, in document order, each with its score. threshold=None: the embedder's
         `default_threshold` when it has one (the hashing embedder: 0.2), else 0.3."""
+        _check_query(query)  # before any indexing work
         doc_index = self._as_index(document_or_index)
         budget = doc_index.default_budget if budget_tokens is None else budget_tokens
         if int(budget) != budget or budget < doc_index.chunk_tokens:
