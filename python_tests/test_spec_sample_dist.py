@@ -71,7 +71,9 @@ def _check_mean_accepted(n, phat, q, G):
     assert int(n.max()) <= G
 
 
-BACKENDS = available_backends("cpu")
+# The Triton interpreter needs many minutes per 10^5-row call; Triton is held to exact agreement with the
+# reference (same uniforms) in test_spec_sample.py instead, which implies the same law.
+BACKENDS = [b for b in available_backends("cpu") if b != "triton"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
