@@ -57,7 +57,9 @@ def test_bible_chunks_tile_and_fit(tokenizer, bible_part, budget, offsets):
     # greedy packing: no chunk could have taken its successor's first word and still fit
     # each chunk but the last ends in the back half of its budget
     assert all(c.n_tokens >= budget // 2 - 2 for c in chunks[:-1]), [c.n_tokens for c in chunks]
-    assert chunks == Chunker(tok, budget).split(doc)  # deterministic
+    again, count = Chunker(tok, budget).split_and_count(doc)
+    assert again == chunks  # deterministic
+    assert count == n_tokens(tokenizer, doc)
 
 
 def test_breaks_prefer_paragraphs_then_sentences(tokenizer):

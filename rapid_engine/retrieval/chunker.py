@@ -95,16 +95,17 @@ class Chunker:
         except Exception:  # not a tokenizers.Tokenizer after all: fall back to per-word counts
             return None
 
-    def _token_prefix(self, document: str, spans: np.ndarray) -> np.ndarray:
-        """prefix[i] = estimated tokens before word i; prefix[n] = estimated total."""
+    def _token_prefix(self, document: str, spans: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        """prefix[i] = estimated tokens before word i, prefix[n] = estimated total; and the document's
+        token count when the whole-document encoding gave it."""
         starts = self._token_starts(document)
         if starts is not None and len(starts) > 0:
             # a token counts toward the word it starts in (whitespace tokens toward the word before)
             before = np.searchsorted(starts, spans[:, 0], side="left")
-            return np.append(before - before[0], len(starts) - before[0]).astype(np.int64)
+            return np.append(before - before[0], len(starts) - before[0]).astype(np.int64), len(starts)
         count = lru_cache(maxsize=1 << 16)(lambda w: _encode_len(self.tokenizer, " " + w) if w else 0)
         sizes = [count(document[s:e]) for s, e in spans]
-        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]), None
 
     # ---- words and their boundary strengths -----------------------------------------------------
     def _words(self, document: str) -> tuple[np.ndarray, np.ndarray]:
@@ -154,12 +155,19 @@ class Chunker:
 
     # ---- the split ------------------------------------------------------------------------------
     def split(self, document: str) -> list[Chunk]:
+        return self.split_and_count(document)[0]
+
+    def split_and_count(self, document: str) -> tuple[list, int]:
+        """The chunks, and the whole document's token count (one encoding serves both when the
+        tokenizer has offsets)."""
         if not isinstance(document, str):
             raise ValueError(f"document must be a str, got {type(document).__name__}")
         if not document.strip():
             raise ValueError("document is empty (no non-whitespace text to chunk)")
         spans, levels = self._words(document)
-        prefix = self._token_prefix(document, spans)
+        prefix, n_tokens = self._token_prefix(document, spans)
+        if n_tokens is None:
+            n_tokens = _encode_len(self.tokenizer, document)
         n = len(spans)
         # level before word j for j in 0..n (j == n is the document end)
         cut_level = np.append(levels, _END).astype(np.int8)
@@ -172,7 +180,7 @@ class Chunker:
             if j == n:
                 break
             i = self._next_start(document, spans, prefix, i, j)
-        return chunks
+        return chunks, n_tokens
 
     def _choose_end(self, document, spans, prefix, cut_level, i) -> tuple[int, int]:
         """End word index j (exclusive) of the chunk starting at word i, and its true token count."""

@@ -131,8 +131,7 @@ class ChunkRetriever:
 
     def _build(self, document: str, key: str, params: dict) -> DocumentIndex:
         t0 = time.perf_counter()
-        chunks = self.chunker.split(document)
-        n_tokens = len(self.chunker.tokenizer.encode(document, add_special_tokens=False))
+        chunks, n_tokens = self.chunker.split_and_count(document)
         texts, owner = self._windows(chunks)
         t1 = time.perf_counter()
         show = self.progress if self.progress is not None else len(texts) >= PROGRESS_MIN_WINDOWS
