@@ -1,7 +1,8 @@
 """Text embedders for retrieval. Each has `name` (stable, part of cache keys), `dim`,
-`encode(texts) -> float32 [n, dim]` with L2-normalised rows, and `windows(text) -> [(start, end)]`:
-character spans of `text` the model can see whole (a chunk longer than the model's input is
-embedded window by window and scored by its best window, so no sentence of it goes unseen).
+`encode(texts) -> float32 [n, dim]` with L2-normalised rows, and optionally `windows(text) ->
+[(start, end)]`: sentence-aligned character spans of `text`, each short enough for the model to see
+whole. The retriever embeds a chunk window by window and scores it by its best window, so no
+sentence of a chunk goes unseen and a one-sentence answer is not averaged away (windows.py).
 
 - SentenceEmbedder(path): a sentence-transformers style folder (all-MiniLM-L6-v2, BGE-M3, ...),
   run with `transformers` (optional dependency: `pip install rapid-engine[retrieval]`).
