@@ -277,5 +277,5 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         **({} if interp else {"num_warps": 4, "num_stages": 2}))
     _merge_splits_kernel[(B * nq * qh,)](
         po, plse, seqlens, out, s_max, nq, qh, group, R, split, nsplit, D, *out.stride()[:3],
-        BLOCK_S=triton.next_power_of_2(nsplit), BLOCK_D=block_d)
+        BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_D=block_d)
     return out
