@@ -37,7 +37,7 @@ class _Ema:
 class SpeculationCostModel:
     """Online estimate of draft/verify step costs and acceptance; `choose()` returns the next round's gamma."""
 
-    def __init__(self, gamma_max: int = 8, *, first_probe: int = 4, decay: float = 0.8,
+    def __init__(self, gamma_max: int = 8, *, first_probe: int = 2, decay: float = 0.8,
                  acceptance_decay: float = 0.95, acceptance_prior: tuple[float, float] = (1.0, 2.0), probe_interval: int = 8):
         if gamma_max < 0:
             raise ValueError(f"gamma_max must be >= 0, got {gamma_max}")

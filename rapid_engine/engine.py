@@ -93,7 +93,11 @@ class RapidEngine:
                  stream: bool = False, progress: bool | None = False):
         """Answer `question` about `context`. Returns a GenerationResult, or with stream=True a GenerationStream
         of text pieces whose `result` is set once exhausted. Everything that can be refused (arguments, prompt
-        size, memory) is checked here, before any cache is allocated or written."""
+        size, memory) is checked here, before any cache is allocated or written.
+
+        seed: with an integer gamma (or greedy decoding) the same seed gives the same tokens. With gamma="auto"
+        and sampling, the draft lengths follow measured step times and with them the use of the random stream:
+        the seed then fixes the distribution the tokens follow, not the tokens themselves."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
