@@ -119,6 +119,15 @@ def test_rollback_leaves_caches_as_if_rejections_never_happened(tiny):
         assert torch.equal(t_cache.tensors()[name], t), name
     nxt = torch.tensor([[emitted[-1]]])
     assert torch.equal(tiny.forward(nxt, t_cache), tiny.forward(nxt, fresh))
+    # The drafter, once fed its queue (all but the last emitted token), likewise.
+    if len(drafter.pending) > 1:
+        tiny.forward(torch.tensor([drafter.pending[:-1]]), d_cache)
+    fresh_d = _state(tiny, draft_ids)
+    for t in [draft_ids[-1]] + emitted[:-1]:
+        tiny.forward(torch.tensor([[t]]), fresh_d)
+    assert fresh_d.length == d_cache.length
+    for name, t in fresh_d.tensors().items():
+        assert torch.equal(d_cache.tensors()[name], t), name
 
 
 def test_sampled_speculation_first_token_follows_lc_distribution(tiny):
