@@ -133,14 +133,15 @@ def test_truncate_then_redecode_equals_never_decoded(built):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_tied"])
-def test_forward_is_batch_invariant(built, name):
-    """forward over n tokens gives each token the bits of feeding the tokens one at a time (n <= 16):
-    greedy speculative decoding must reproduce plain decoding exactly."""
+@pytest.mark.parametrize("name,kv_dtype", [("llama_gqa", "fp32"), ("qwen2_tied", "fp32"), ("llama_gqa", "bf16"),
+                                           ("llama_gqa", "int8"), ("qwen2_tied", "int4"), ("qwen2_tied", "fp8")])
+def test_forward_is_batch_invariant(built, name, kv_dtype):
+    """forward over n tokens gives each token the bits of feeding the tokens one at a time (n <= 16), in
+    every KV format: greedy speculative decoding must reproduce plain decoding exactly."""
     _, path = built(name)
     model = load_model(path)
     ids = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(5))
-    cache = model.new_cache(64)
+    cache = model.new_cache(64, kv_dtype=kv_dtype)
     model.prefill(ids[:, :24], cache)
     singles = torch.cat([model.forward(ids[:, 24 + i:25 + i], cache) for i in range(16)], 1)  # [1, 16, V]
     for n in (2, 5, 16):
