@@ -122,7 +122,11 @@ def spec_sample_kernel(z_ptr, q_ptr, d_ptr, u_ptr, tok_ptr, nacc_ptr, B, G, V, i
             for c0 in range(0, V, BLOCK_V):
                 cols, m, z = _chunk(zb, c0, V, alive, BLOCK_V)
                 zmax = tl.maximum(zmax, tl.max(z, axis=1))
-            zmax = tl.where(zmax > NEG_INF, zmax, 0.0)  # finished rows: keep their masked lanes NaN-free
+            # Finished rows get max 0 (NaN-free masked lanes). Exactly one use of the loop result on purpose:
+            # Triton 3.6's OptimizeThreadLocality pass rewrites this load -> max -> yield loop and asserts that
+            # the loop result has one use (tl.where(zmax > -inf, zmax, 0.0) crashed it). Live rows have a
+            # finite max (all -inf rows are rejected before any kernel runs).
+            zmax = tl.where(alive, zmax, 0.0)
             if GREEDY:
                 S = tl.zeros([BLOCK_R], dtype=tl.float32)
                 if SHIFT:
