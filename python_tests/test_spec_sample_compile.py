@@ -25,8 +25,9 @@ NVCC = shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "
 
 DRIVER = textwrap.dedent("""
     #include "rapid/spec_sample.cuh"
-    // Takes the kernel's address so nvcc must generate device code for it.
-    void* rapid_spec_sample_kernel_address() { return reinterpret_cast<void*>(&rapid::spec_cuda::spec_sample_kernel); }
+    // Takes the kernels' addresses so nvcc must generate device code for them.
+    void* rapid_spec_sample_unit_kernel() { return reinterpret_cast<void*>(&rapid::spec_cuda::unit_kernel); }
+    void* rapid_spec_sample_assemble_kernel() { return reinterpret_cast<void*>(&rapid::spec_cuda::assemble_kernel); }
 """)
 
 

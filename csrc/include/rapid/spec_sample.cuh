@@ -1,8 +1,17 @@
-// spec_sample on CUDA: framework-free (raw pointers, fp32 rows). One block per row walks the verified positions
-// in order; block-wide reductions; the top-k / top-p cutoff is a bisection on the logit's order key (32 block
-// reductions, no sort) plus a block scan over tied tokens, so ties resolve by token id like the reference.
-// The uniforms are an input (no RNG inside): the kernel is a pure function, safe under CUDA graphs.
-// Semantics: rapid_engine/ops/sampling.py; oracle: rapid_engine/ops/reference.py.
+// spec_sample on CUDA: framework-free (raw pointers, fp32 rows). Semantics: rapid_engine/ops/sampling.py;
+// oracle: rapid_engine/ops/reference.py. The uniforms are an input (no RNG inside): a pure function, graph-safe.
+//
+// Two kernels:
+//  1. unit_kernel, one block per (row, position) unit: every verified position is scored at once (the accept test
+//     at position i depends only on position i), instead of walking a row's positions one after another.
+//     Per unit: max + validation, the top-k / top-p cutoff by a shared-memory radix select (4 passes of 8-bit
+//     digits over the order key, instead of a 32-step bisection), the kept mass, the shifted max, the tail max and
+//     phat's normalizer (one online pass), the accept test, and the token this unit would emit if the row stopped
+//     here (residual at a draft position, p_G at the bonus position; block-scan inverse CDF in id order).
+//     Row reads are coalesced (float4 when V % 4 == 0 and the rows are 16-byte aligned).
+//  2. assemble_kernel, one thread per row: leading accepts -> num_accepted, the stopping unit's token, then -1.
+// Determinism: selection masses are 64-bit fixed point (integer atomics are order-independent); float sums are
+// cub block reductions (fixed order). Ties in the filters rank by the lower token id, like the reference.
 #pragma once
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -11,7 +20,8 @@
 namespace rapid::spec_cuda {
 
 constexpr int kThreads = 512;
-enum Error : int { kOk = 0, kBadLogit = 1, kEmptyRow = 2, kBadProb = 4, kBadSum = 8 };
+constexpr int kBins = 256;  // 8-bit radix digits, 4 passes over a 32-bit key
+enum Error : int { kOk = 0, kBadLogit = 1, kEmptyRow = 2, kBadProb = 4, kBadSum = 8, kBadDraft = 16 };
 
 struct Params {
   const float* logits;     // [B, G+1, V]
@@ -21,273 +31,376 @@ struct Params {
   int64_t* tokens;         // [B, G+1]
   int32_t* num_accepted;   // [B]
   int* error;              // [1], OR of Error bits
+  int64_t* unit_token;     // [B, G+1] scratch: the token emitted if the row stops at this unit
+  int32_t* unit_accept;    // [B, G+1] scratch: the draft at this unit passes its test
   int64_t B, G, V;
   float inv_t, top_p, eta, log_alpha, sum_tol;
+  float fx_scale;          // fixed-point scale of selection masses (sum over V stays below 2^63)
   int64_t top_k;
-  bool greedy, paper, tail;
+  bool greedy, paper, tail, vec4;
 };
 
-// Own functors: cub::Max / cub::Min are gone in CUDA 13's CCCL.
+// ---- block-wide helpers (results broadcast to every thread) ------------------------------------------------
+
+struct ArgMax {  // value, then the lower index on ties
+  float v;
+  int64_t i;
+};
+struct OnlineSum {  // running max m and sum of exp(s - m)
+  float m, l;
+};
 struct MaxF {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
-struct MinI {
+struct OrI {
+  __device__ int operator()(int a, int b) const { return a | b; }
+};
+struct MinL {
   __device__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? a : b; }
 };
-using Reduce = cub::BlockReduce<float, kThreads>;
-using ReduceI = cub::BlockReduce<int64_t, kThreads>;
-using Scan = cub::BlockScan<float, kThreads>;
-using ScanI = cub::BlockScan<int, kThreads>;
+struct MaxL {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a > b ? a : b; }
+};
+struct ArgMaxOp {
+  __device__ ArgMax operator()(const ArgMax& a, const ArgMax& b) const {
+    return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+  }
+};
+struct OnlineOp {
+  __device__ OnlineSum operator()(const OnlineSum& a, const OnlineSum& b) const {
+    const float m = fmaxf(a.m, b.m);
+    if (m == -INFINITY) return {m, 0.f};
+    return {m, a.l * __expf(a.m - m) + b.l * __expf(b.m - m)};
+  }
+};
+
 struct Shared {
   union {
-    typename Reduce::TempStorage red;
-    typename ReduceI::TempStorage redi;
-    typename Scan::TempStorage scan;
-    typename ScanI::TempStorage scani;
-  };
+    typename cub::BlockReduce<float, kThreads>::TempStorage f;
+    typename cub::BlockReduce<int, kThreads>::TempStorage i;
+    typename cub::BlockReduce<int64_t, kThreads>::TempStorage l;
+    typename cub::BlockReduce<ArgMax, kThreads>::TempStorage am;
+    typename cub::BlockReduce<OnlineSum, kThreads>::TempStorage os;
+    typename cub::BlockScan<float, kThreads>::TempStorage scan_f;
+    typename cub::BlockScan<int, kThreads>::TempStorage scan_i;
+  } tmp;
+  unsigned long long hist_w[kBins];
+  unsigned int hist_c[kBins];
+  unsigned long long sel_above, sel_target;
+  unsigned int sel_prefix, sel_count;
+  unsigned long long sel_weight;
+  ArgMax am;
+  OnlineSum os;
   float f;
-  int64_t i;
+  int64_t l;
+  int i;
 };
 
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(Shared& sh, T v, Op op, T& slot) {
+  T r = cub::BlockReduce<T, kThreads>(*reinterpret_cast<typename cub::BlockReduce<T, kThreads>::TempStorage*>(&sh.tmp))
+            .Reduce(v, op);
+  if (threadIdx.x == 0) slot = r;
+  __syncthreads();
+  r = slot;
+  __syncthreads();  // the temp storage and the slot are reused by the next call
+  return r;
+}
 __device__ __forceinline__ float block_sum(Shared& sh, float v) {
-  float r = Reduce(sh.red).Sum(v);
+  float r = cub::BlockReduce<float, kThreads>(sh.tmp.f).Sum(v);
   if (threadIdx.x == 0) sh.f = r;
   __syncthreads();
   r = sh.f;
   __syncthreads();
   return r;
 }
-__device__ __forceinline__ float block_max(Shared& sh, float v) {
-  float r = Reduce(sh.red).Reduce(v, MaxF());
-  if (threadIdx.x == 0) sh.f = r;
-  __syncthreads();
-  r = sh.f;
-  __syncthreads();
-  return r;
-}
-__device__ __forceinline__ int64_t block_min_i(Shared& sh, int64_t v) {
-  int64_t r = ReduceI(sh.redi).Reduce(v, MinI());
-  if (threadIdx.x == 0) sh.i = r;
-  __syncthreads();
-  r = sh.i;
-  __syncthreads();
-  return r;
+
+// Calls f(x, z[x], q[x] or 0) for every token of the row, coalesced; float4 loads when allowed.
+template <class F>
+__device__ __forceinline__ void for_each(const float* z, const float* q, int64_t V, bool vec4, F&& f) {
+  if (vec4) {
+    const float4* z4 = reinterpret_cast<const float4*>(z);
+    const float4* q4 = reinterpret_cast<const float4*>(q);
+    for (int64_t j = threadIdx.x; j < V / 4; j += kThreads) {
+      const float4 a = z4[j];
+      const float4 b = q ? q4[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+      f(4 * j, a.x, b.x);
+      f(4 * j + 1, a.y, b.y);
+      f(4 * j + 2, a.z, b.z);
+      f(4 * j + 3, a.w, b.w);
+    }
+  } else {
+    for (int64_t x = threadIdx.x; x < V; x += kThreads) f(x, z[x], q ? q[x] : 0.f);
+  }
 }
 
-__device__ __forceinline__ int64_t order_key(float z) {  // order-preserving; -0 and +0 share a key
-  const int bits = __float_as_int(z + 0.0f);
-  return bits < 0 ? static_cast<int64_t>(~bits) : static_cast<int64_t>(bits) + 2147483648LL;
-}
-__device__ __forceinline__ float key_to_float(int64_t t) {
-  return __int_as_float(static_cast<int>(t >= 2147483648LL ? t - 2147483648LL : ~t));
+__device__ __forceinline__ unsigned int order_key(float z) {  // order-preserving; -0 and +0 share a key
+  const unsigned int bits = __float_as_uint(z + 0.0f);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Keep token x iff key > kt or (key == kt and x <= kx).
+// Keep token x iff key > kt or (key == kt and x <= kx); kt = -1 keeps everything.
 struct Cut {
   int64_t kt, kx;
-  __device__ bool keep(float z, int64_t x) const {
-    const int64_t k = order_key(z);
-    return k > kt || (k == kt && x <= kx);
+  __device__ __forceinline__ bool keep(unsigned int key, int64_t x) const {
+    return static_cast<int64_t>(key) > kt || (static_cast<int64_t>(key) == kt && x <= kx);
   }
 };
 
-// Weight (e or 1) of tokens with key > t, optionally only among those `within` keeps.
-__device__ float weight_above(Shared& sh, const float* z, int64_t V, float zmax, float inv_t, int64_t t, bool by_mass,
-                              const Cut* within) {
-  float acc = 0.f;
-  for (int64_t x = threadIdx.x; x < V; x += blockDim.x) {
-    const float zx = z[x];
-    if (order_key(zx) > t && (within == nullptr || within->keep(zx, x))) acc += by_mass ? __expf((zx - zmax) * inv_t) : 1.f;
+// The shortest best-ranked prefix (logit desc, id asc) of the tokens `within` keeps whose weight reaches the
+// target: weight 1 per token (by_mass false, target = k) or the fixed-point mass exp((z - zmax) / T)
+// (target = ceil(top_p * total mass)). Radix select: 4 histogram passes over the key's bytes, then (only when
+// the boundary key is shared by more tokens than it may keep) a block scan for the n-th tie in id order.
+__device__ Cut select_cut(Shared& sh, const float* z, int64_t V, bool vec4, float zmax, float inv_t, float fx_scale,
+                          bool by_mass, unsigned long long k, float top_p, Cut within) {
+  auto weight = [&](float zx) -> unsigned long long {
+    return by_mass ? static_cast<unsigned long long>(__float2ull_rn(__expf((zx - zmax) * inv_t) * fx_scale)) : 1ull;
+  };
+  unsigned int prefix = 0, mask = 0;
+  if (threadIdx.x == 0) sh.sel_above = 0, sh.sel_target = k;
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 24 - 8 * d;
+    for (int j = threadIdx.x; j < kBins; j += kThreads) sh.hist_w[j] = 0, sh.hist_c[j] = 0;
+    __syncthreads();
+    for_each(z, nullptr, V, vec4, [&](int64_t x, float zx, float) {
+      const unsigned int key = order_key(zx);
+      if ((key & mask) == prefix && within.keep(key, x)) {
+        const unsigned int bin = (key >> shift) & 0xFFu;
+        atomicAdd(&sh.hist_c[bin], 1u);
+        const unsigned long long w = weight(zx);
+        if (w) atomicAdd(&sh.hist_w[bin], w);
+      }
+    });
+    __syncthreads();
+    if (threadIdx.x == 0) {  // 256 bins, serial: walk from the best bin down to the one that crosses the target
+      unsigned long long acc = sh.sel_above;
+      if (d == 0 && by_mass) {
+        unsigned long long total = 0;
+        for (int j = 0; j < kBins; ++j) total += sh.hist_w[j];
+        sh.sel_target = static_cast<unsigned long long>(ceil(static_cast<double>(top_p) * static_cast<double>(total)));
+      }
+      const unsigned long long target = sh.sel_target;
+      int sel = -1, last = -1;
+      for (int j = kBins - 1; j >= 0; --j) {
+        if (sh.hist_c[j] == 0) continue;
+        last = j;
+        if (acc + sh.hist_w[j] >= target) { sel = j; break; }
+        acc += sh.hist_w[j];
+      }
+      if (sel < 0) {  // never reached (rounding): keep everything down to the last non-empty bin
+        sel = last < 0 ? 0 : last;
+        if (last >= 0) acc -= sh.hist_w[last];
+      }
+      sh.sel_above = acc;
+      sh.sel_prefix = prefix | (static_cast<unsigned int>(sel) << shift);
+      sh.sel_count = sh.hist_c[sel];
+      sh.sel_weight = sh.hist_w[sel];
+    }
+    __syncthreads();
+    prefix = sh.sel_prefix;
+    mask |= 0xFFu << shift;
   }
-  return block_sum(sh, acc);
-}
-
-// The shortest best-ranked prefix with weight >= target (ranking: logit desc, id asc).
-__device__ Cut select_cut(Shared& sh, const float* z, int64_t V, float zmax, float inv_t, float target, bool by_mass,
-                          const Cut* within) {
-  int64_t lo = 0, hi = 4294967295LL;
-  while (lo < hi) {  // smallest key t with weight(key > t) < target
-    const int64_t mid = (lo + hi) / 2;
-    if (weight_above(sh, z, V, zmax, inv_t, mid, by_mass, within) < target) hi = mid;
-    else lo = mid + 1;
-  }
-  const int64_t t = hi;
-  const float above = weight_above(sh, z, V, zmax, inv_t, t, by_mass, within);
-  const float w_t = by_mass ? __expf((key_to_float(t) - zmax) * inv_t) : 1.f;
-  const int n_keep = max(1, static_cast<int>(ceilf((target - above) / w_t)));
-  // n_keep-th tied token in id order: contiguous strips per thread + a block scan of the strip counts
-  const int64_t strip = (V + blockDim.x - 1) / blockDim.x, x0 = threadIdx.x * strip, x1 = min(V, x0 + strip);
-  int mine = 0;
-  int64_t last = -1;
-  for (int64_t x = x0; x < x1; ++x)
-    if (order_key(z[x]) == t && (within == nullptr || within->keep(z[x], x))) ++mine, last = x;
-  int before;
-  ScanI(sh.scani).ExclusiveSum(mine, before);
+  const unsigned int t = prefix;
+  const unsigned long long above = sh.sel_above, target = sh.sel_target, ties = sh.sel_count;
+  const unsigned long long w_t = ties ? sh.sel_weight / ties : 0;  // tied tokens share one logit, one weight
+  unsigned long long n_keep = ties;
+  if (w_t > 0 && target > above) n_keep = (target - above + w_t - 1) / w_t;
+  if (n_keep < 1) n_keep = 1;
   __syncthreads();
+  // All tied tokens `within` keeps stay; at the boundary key of `within` itself that is ids <= within.kx.
+  if (n_keep >= ties) return {static_cast<int64_t>(t), static_cast<int64_t>(t) == within.kt ? within.kx : INT64_MAX};
+  // The n_keep-th tied token in id order: tiles of 4 consecutive tokens per thread, a block scan of tie counts.
   int64_t found = INT64_MAX;
-  if (before < n_keep && before + mine >= n_keep) {
-    int c = before;
-    for (int64_t x = x0; x < x1; ++x)
-      if (order_key(z[x]) == t && (within == nullptr || within->keep(z[x], x)) && ++c == n_keep) { found = x; break; }
+  long long before_tile = 0;
+  for (int64_t t0 = 0; t0 < V; t0 += 4 * kThreads) {
+    const int64_t x0 = t0 + 4 * threadIdx.x;
+    int mine = 0;
+    for (int r = 0; r < 4; ++r) {
+      const int64_t x = x0 + r;
+      if (x < V) mine += (order_key(z[x]) == t && within.keep(t, x)) ? 1 : 0;
+    }
+    int before, tile_total;
+    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
+    __syncthreads();
+    int64_t hit = INT64_MAX;
+    long long c = before_tile + before;
+    for (int r = 0; r < 4 && mine > 0; ++r) {
+      const int64_t x = x0 + r;
+      if (x < V && order_key(z[x]) == t && within.keep(t, x) && ++c == static_cast<long long>(n_keep)) hit = x;
+    }
+    found = block_reduce(sh, hit, MinL(), sh.l);
+    if (found != INT64_MAX) break;  // uniform: every thread sees the same reduced value
+    before_tile += tile_total;
   }
-  found = block_min_i(sh, found);
-  if (found == INT64_MAX) found = -block_min_i(sh, -last);  // fewer ties than n_keep (rounding): keep them all
-  return {t, found};
+  return {static_cast<int64_t>(t), found};  // found < INT64_MAX: n_keep < ties, so the n_keep-th tie exists
 }
 
-// Inverse CDF in id order over weights w(x) (computed by `wf`), total W: first x with prefix > u * W.
+// Inverse CDF in id order over weights wf(x, zx, qx) with total W: the first x with prefix sum > u * W and a
+// positive weight; the last positive-weight token if rounding never crosses.
 template <class WF>
-__device__ int64_t sample_cdf(Shared& sh, int64_t V, double u, float W, const WF& wf) {
-  const int64_t strip = (V + blockDim.x - 1) / blockDim.x, x0 = threadIdx.x * strip, x1 = min(V, x0 + strip);
-  float mine = 0.f;
+__device__ int64_t sample_cdf(Shared& sh, const float* z, const float* q, int64_t V, double u, float W, WF&& wf) {
+  const float target = static_cast<float>(u * static_cast<double>(W));
+  float run = 0.f;
   int64_t last = -1;
-  for (int64_t x = x0; x < x1; ++x) {
-    const float w = wf(x);
-    mine += w;
-    if (w > 0.f) last = x;
-  }
-  float before;
-  Scan(sh.scan).ExclusiveSum(mine, before);
-  __syncthreads();
-  const float target = static_cast<float>(u * W);
-  int64_t found = INT64_MAX;
-  if (before + mine > target) {
-    float c = before;
-    for (int64_t x = x0; x < x1; ++x) {
-      const float w = wf(x);
-      c += w;
-      if (c > target && w > 0.f) { found = x; break; }
+  for (int64_t t0 = 0; t0 < V; t0 += 4 * kThreads) {
+    const int64_t x0 = t0 + 4 * threadIdx.x;
+    float w[4];
+    float mine = 0.f;
+    for (int r = 0; r < 4; ++r) {
+      const int64_t x = x0 + r;
+      w[r] = x < V ? wf(x, z[x], q ? q[x] : 0.f) : 0.f;
+      mine += w[r];
+      if (w[r] > 0.f) last = x;
     }
+    float before, tile_total;
+    cub::BlockScan<float, kThreads>(sh.tmp.scan_f).ExclusiveSum(mine, before, tile_total);
+    __syncthreads();
+    int64_t hit = INT64_MAX;
+    float c = run + before;
+    for (int r = 0; r < 4; ++r) {
+      c += w[r];
+      if (hit == INT64_MAX && w[r] > 0.f && c > target) hit = x0 + r;
+    }
+    const int64_t found = block_reduce(sh, hit, MinL(), sh.l);
+    if (found != INT64_MAX) return found;
+    run += tile_total;
   }
-  found = block_min_i(sh, found);
-  if (found == INT64_MAX) found = -block_min_i(sh, -last);  // rounding guard: the last positive weight
-  return found;
+  return block_reduce(sh, last, MaxL(), sh.l);
 }
 
-__global__ void __launch_bounds__(kThreads) spec_sample_kernel(Params pr) {
+// ---- kernel 1: one block per (row, position) -----------------------------------------------------------------
+
+__global__ void __launch_bounds__(kThreads) unit_kernel(Params pr) {
   __shared__ Shared sh;
-  const int64_t b = blockIdx.x, G = pr.G, V = pr.V;
-  // Validation of every position first (the result must not depend on where sampling stops).
-  for (int64_t i = 0; i <= G; ++i) {
-    const float* z = pr.logits + (b * (G + 1) + i) * V;
-    float mx = -INFINITY;
-    int bad = 0;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) {
-      const float v = z[x];
-      bad |= (isnan(v) || v == INFINITY) ? kBadLogit : 0;
-      mx = fmaxf(mx, v);
-    }
-    mx = block_max(sh, mx);
-    if (bad) atomicOr(pr.error, bad);
-    if (threadIdx.x == 0 && mx == -INFINITY) atomicOr(pr.error, kEmptyRow);
-    if (i < G && pr.q != nullptr) {
-      const float* q = pr.q + (b * G + i) * V;
+  const int64_t unit = blockIdx.x, G = pr.G, V = pr.V;
+  const int64_t b = unit / (G + 1), i = unit % (G + 1);
+  const bool is_draft = i < G;
+  const float* z = pr.logits + unit * V;
+  const float* qrow = (is_draft && pr.q != nullptr) ? pr.q + (b * G + i) * V : nullptr;
+  const int64_t xd = is_draft ? pr.drafts[b * G + i] : -1;
+
+  // Validation (every unit, so the result never depends on where a row stops) and the max.
+  float zmax = -INFINITY, qsum = 0.f;
+  int bad = 0;
+  for_each(z, qrow, V, pr.vec4, [&](int64_t, float zx, float qx) {
+    bad |= (isnan(zx) || zx == INFINITY) ? kBadLogit : 0;
+    zmax = fmaxf(zmax, zx);
+    bad |= (!(qx >= 0.f) || qx == INFINITY) ? kBadProb : 0;
+    qsum += qx;
+  });
+  zmax = block_reduce(sh, zmax, MaxF(), sh.f);
+  bad = block_reduce(sh, bad, OrI(), sh.i);
+  if (qrow) qsum = block_sum(sh, qsum);
+  if (zmax == -INFINITY) bad |= kEmptyRow;
+  if (qrow && fabsf(qsum - 1.f) > pr.sum_tol) bad |= kBadSum;
+  if (is_draft && (xd < 0 || xd >= V)) bad |= kBadDraft;
+  if (bad) {  // uniform across the block; the launcher raises, the assembler leaves the outputs untouched
+    if (threadIdx.x == 0) atomicOr(pr.error, bad);
+    return;
+  }
+  const float eta = is_draft ? pr.eta : 0.f;  // no shift at the bonus position: phat = p there
+  auto q_of = [&](int64_t x, float qx) { return qrow ? qx : (x == xd ? 1.f : 0.f); };
+  const float* qload = qrow;  // rows read alongside z (nullptr: one-hot or bonus)
+
+  if (pr.greedy) {  // argmax of z + eta (q - softmax z), the lower id on ties; argmax z at the bonus
+    float S = 1.f;
+    if (eta != 0.f) {
       float s = 0.f;
-      int qb = 0;
-      for (int64_t x = threadIdx.x; x < V; x += blockDim.x) {
-        const float v = q[x];
-        qb |= (!(v >= 0.f) || v == INFINITY) ? kBadProb : 0;
-        s += v;
-      }
-      s = block_sum(sh, s);
-      if (qb) atomicOr(pr.error, qb);
-      if (threadIdx.x == 0 && fabsf(s - 1.f) > pr.sum_tol) atomicOr(pr.error, kBadSum);
+      for_each(z, nullptr, V, pr.vec4, [&](int64_t, float zx, float) { s += __expf(zx - zmax); });
+      S = block_sum(sh, s);
+    }
+    ArgMax best{-INFINITY, INT64_MAX};
+    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) {
+      const float v = eta != 0.f ? zx + eta * (q_of(x, qx) - __expf(zx - zmax) / S) : zx;
+      best = ArgMaxOp()(best, ArgMax{v, x});
+    });
+    best = block_reduce(sh, best, ArgMaxOp(), sh.am);
+    if (threadIdx.x == 0) {
+      pr.unit_token[unit] = best.i;
+      pr.unit_accept[unit] = is_draft && best.i == xd;
+    }
+    return;
+  }
+
+  const float inv_t = pr.inv_t;
+  Cut cut{-1, INT64_MAX};
+  if (pr.top_k > 0 && pr.top_k < V)
+    cut = select_cut(sh, z, V, pr.vec4, zmax, inv_t, pr.fx_scale, false, static_cast<unsigned long long>(pr.top_k),
+                     1.f, cut);
+  if (pr.top_p < 1.f) cut = select_cut(sh, z, V, pr.vec4, zmax, inv_t, pr.fx_scale, true, 0, pr.top_p, cut);
+
+  auto e_of = [&](int64_t x, float zx) { return cut.keep(order_key(zx), x) ? __expf((zx - zmax) * inv_t) : 0.f; };
+  float S = 0.f;
+  for_each(z, nullptr, V, pr.vec4, [&](int64_t x, float zx, float) { S += e_of(x, zx); });
+  S = block_sum(sh, S);
+  const float inv_s = 1.f / S;
+
+  // Shifted logit relative to zmax (-inf off the filtered support), then tail protection.
+  auto s_raw = [&](int64_t x, float zx, float qx) {
+    return cut.keep(order_key(zx), x) ? (zx - zmax) * inv_t + eta * (q_of(x, qx) - e_of(x, zx) * inv_s) : -INFINITY;
+  };
+  float thresh = -INFINITY, s2max = 0.f, inv_sh = inv_s;
+  const bool shift = eta != 0.f;
+  if (shift) {
+    if (pr.tail) {
+      float smax = -INFINITY;
+      for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) { smax = fmaxf(smax, s_raw(x, zx, qx)); });
+      thresh = block_reduce(sh, smax, MaxF(), sh.f) + pr.log_alpha;
     }
   }
-  __syncthreads();
-  if (threadIdx.x == 0) sh.i = *reinterpret_cast<volatile int*>(pr.error);  // one read, shared: a uniform exit
-  __syncthreads();
-  if (sh.i != kOk) return;  // the launcher raises
+  auto s_at = [&](int64_t x, float zx, float qx) {  // tail tokens take back their plain logit
+    const float s = s_raw(x, zx, qx);
+    return (s < thresh && s > -INFINITY) ? (zx - zmax) * inv_t : s;
+  };
+  if (shift) {
+    OnlineSum acc{-INFINITY, 0.f};
+    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) {
+      acc = OnlineOp()(acc, OnlineSum{s_at(x, zx, qx), 1.f});
+    });
+    acc = block_reduce(sh, acc, OnlineOp(), sh.os);
+    s2max = acc.m;
+    inv_sh = 1.f / acc.l;
+  }
+  auto ph_of = [&](int64_t x, float zx, float qx) {
+    return shift ? __expf(s_at(x, zx, qx) - s2max) * inv_sh : e_of(x, zx) * inv_s;
+  };
 
-  int64_t n_acc = 0, final_tok = -1;
-  for (int64_t i = 0; i <= G; ++i) {
-    const bool is_draft = i < G;
-    const float* z = pr.logits + (b * (G + 1) + i) * V;
-    const float* qrow = (is_draft && pr.q != nullptr) ? pr.q + (b * G + i) * V : nullptr;
-    const int64_t xd = is_draft ? pr.drafts[b * G + i] : -1;
-    auto q_at = [&](int64_t x) -> float { return qrow ? qrow[x] : (x == xd ? 1.f : 0.f); };
-    float zmax = -INFINITY;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) zmax = fmaxf(zmax, z[x]);
-    zmax = block_max(sh, zmax);
-    const float eta = is_draft ? pr.eta : 0.f;  // no shift at the bonus position
-    if (pr.greedy) {
-      float S = 0.f;
-      if (eta != 0.f) {
-        for (int64_t x = threadIdx.x; x < V; x += blockDim.x) S += __expf(z[x] - zmax);
-        S = block_sum(sh, S);
-      }
-      auto v_at = [&](int64_t x) { return eta != 0.f ? z[x] + eta * (q_at(x) - __expf(z[x] - zmax) / S) : z[x]; };
-      float vmax = -INFINITY;
-      for (int64_t x = threadIdx.x; x < V; x += blockDim.x) vmax = fmaxf(vmax, v_at(x));
-      vmax = block_max(sh, vmax);
-      int64_t best = INT64_MAX;
-      for (int64_t x = threadIdx.x; x < V; x += blockDim.x)
-        if (v_at(x) == vmax) { best = x; break; }
-      best = block_min_i(sh, best);
-      if (is_draft && best == xd) { ++n_acc; continue; }
-      final_tok = best;
-      break;
-    }
-    const float inv_t = pr.inv_t;
-    Cut cut{0, INT64_MAX};
-    float S = 0.f;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) S += __expf((z[x] - zmax) * inv_t);
-    S = block_sum(sh, S);
-    if (pr.top_k > 0 && pr.top_k < V) {
-      cut = select_cut(sh, z, V, zmax, inv_t, static_cast<float>(pr.top_k), false, nullptr);
-      if (pr.top_p < 1.f) {
-        const Cut by_k = cut;
-        const float Sk = weight_above(sh, z, V, zmax, inv_t, -1, true, &by_k);
-        cut = select_cut(sh, z, V, zmax, inv_t, pr.top_p * Sk, true, &by_k);
-      }
-    } else if (pr.top_p < 1.f) {
-      cut = select_cut(sh, z, V, zmax, inv_t, pr.top_p * S, true, nullptr);
-    }
-    auto e_at = [&](int64_t x) { return cut.keep(z[x], x) ? __expf((z[x] - zmax) * inv_t) : 0.f; };
-    S = 0.f;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) S += e_at(x);
-    S = block_sum(sh, S);
-    const float inv_s = 1.f / S;
-    auto s_raw = [&](int64_t x) {  // shifted logit relative to zmax; -inf off the filtered support
-      return cut.keep(z[x], x) ? (z[x] - zmax) * inv_t + eta * (q_at(x) - e_at(x) * inv_s) : -INFINITY;
+  const double* u = pr.uniforms + b * (G + 1);
+  int64_t tok;
+  int accept = 0;
+  if (is_draft) {
+    const float zx = z[xd];
+    const float qxv = qrow ? qrow[xd] : 1.f;
+    const double qx = qxv, phx = ph_of(xd, zx, qxv);
+    accept = qx > 0 && u[i] * qx < phx;
+    auto w_of = [&](int64_t x, float zv, float qv) {
+      const float ph = ph_of(x, zv, qv), qq = q_of(x, qv);
+      return fmaxf(pr.paper ? e_of(x, zv) * inv_s - fminf(ph, qq) : ph - qq, 0.f);
     };
-    float smax = -INFINITY;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) smax = fmaxf(smax, s_raw(x));
-    smax = block_max(sh, smax);
-    const float thresh = pr.tail ? smax + pr.log_alpha : -INFINITY;
-    auto s_at = [&](int64_t x) {  // tail protection: tokens far below the max take back their plain logit
-      const float s = s_raw(x);
-      return (s < thresh && s > -INFINITY) ? (z[x] - zmax) * inv_t : s;
-    };
-    float s2max = -INFINITY;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) s2max = fmaxf(s2max, s_at(x));
-    s2max = block_max(sh, s2max);
-    float Sh = 0.f;
-    for (int64_t x = threadIdx.x; x < V; x += blockDim.x) Sh += __expf(s_at(x) - s2max);
-    Sh = block_sum(sh, Sh);
-    auto ph_at = [&](int64_t x) { return __expf(s_at(x) - s2max) / Sh; };
-    const double* u = pr.uniforms + b * (G + 1);
-    if (is_draft) {
-      const double qx = q_at(xd), phx = ph_at(xd);
-      if (qx > 0 && u[i] * qx < phx) { ++n_acc; continue; }
-      auto w_at = [&](int64_t x) {
-        const float ph = ph_at(x), q = q_at(x);
-        return fmaxf(pr.paper ? e_at(x) * inv_s - fminf(ph, q) : ph - q, 0.f);
-      };
-      float W = 0.f;
-      for (int64_t x = threadIdx.x; x < V; x += blockDim.x) W += w_at(x);
-      W = block_sum(sh, W);
-      final_tok = W > 0.f ? sample_cdf(sh, V, u[G], W, w_at) : sample_cdf(sh, V, u[G], 1.f, ph_at);
-    } else {
-      final_tok = sample_cdf(sh, V, u[G], S, e_at);
-    }
-    break;
+    float W = 0.f;
+    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zv, float qv) { W += w_of(x, zv, qv); });
+    W = block_sum(sh, W);
+    tok = W > 0.f ? sample_cdf(sh, z, qload, V, u[G], W, w_of) : sample_cdf(sh, z, qload, V, u[G], 1.f, ph_of);
+  } else {
+    tok = sample_cdf(sh, z, nullptr, V, u[G], S, [&](int64_t x, float zv, float) { return e_of(x, zv); });
   }
   if (threadIdx.x == 0) {
-    for (int64_t j = 0; j <= G; ++j)
-      pr.tokens[b * (G + 1) + j] = j < n_acc ? pr.drafts[b * G + j] : (j == n_acc ? final_tok : -1);
-    pr.num_accepted[b] = static_cast<int32_t>(n_acc);
+    pr.unit_token[unit] = tok;
+    pr.unit_accept[unit] = accept;
   }
+}
+
+// ---- kernel 2: one thread per row ----------------------------------------------------------------------------
+
+__global__ void assemble_kernel(Params pr) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= pr.B || *pr.error != kOk) return;  // bad input: the launcher raises; outputs stay -1 / 0
+  const int64_t G = pr.G;
+  int64_t n = 0;
+  while (n < G && pr.unit_accept[b * (G + 1) + n]) ++n;
+  for (int64_t j = 0; j <= G; ++j)
+    pr.tokens[b * (G + 1) + j] = j < n ? pr.drafts[b * G + j] : (j == n ? pr.unit_token[b * (G + 1) + n] : -1);
+  pr.num_accepted[b] = static_cast<int32_t>(n);
 }
 
 }  // namespace rapid::spec_cuda
