@@ -90,14 +90,15 @@ class RapidEngine:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, gamma="auto", eta=None,
                  residual: str = "exact", retrieval_tokens: int | None = None, chunk_tokens: int = 512,
                  threshold: float = 0.3, stop=None, strict: bool = False, seed: int | None = None,
-                 stream: bool = False, progress: bool | None = False):
+                 stream: bool = False, progress: bool | None = False, ignore_eos: bool = False):
         """Answer `question` about `context`. Returns a GenerationResult, or with stream=True a GenerationStream
         of text pieces whose `result` is set once exhausted. Everything that can be refused (arguments, prompt
         size, memory) is checked here, before any cache is allocated or written.
 
         seed: with an integer gamma (or greedy decoding) the same seed gives the same tokens. With gamma="auto"
         and sampling, the draft lengths follow measured step times and with them the use of the random stream:
-        the seed then fixes the distribution the tokens follow, not the tokens themselves."""
+        the seed then fixes the distribution the tokens follow, not the tokens themselves.
+        ignore_eos: keep generating past EOS up to max_new_tokens (benchmarks; as vLLM's option)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -144,8 +145,9 @@ class RapidEngine:
         stats.update(prompt_tokens=len(target_prompt.ids), truncated_tokens=target_prompt.truncated_tokens,
                      drafter_prompt_tokens=len(drafter_prompt.ids) if drafter_prompt else 0)
 
+        eos_ids = [] if ignore_eos else self.target.tokenizer.eos_token_ids
         pieces = self._run(target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop,
-                           seed, stats, mode != "rag", progress)
+                           eos_ids, seed, stats, mode != "rag", progress)
         out = GenerationStream(pieces)
         if stream:
             return out
@@ -194,8 +196,8 @@ class RapidEngine:
             model.prefill(_ids(rest, model), cache, progress=False)
         return cache
 
-    def _run(self, target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop, seed,
-             stats, use_doc_cache, progress):
+    def _run(self, target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop, eos_ids,
+             seed, stats, use_doc_cache, progress):
         t0 = time.perf_counter()
         if use_doc_cache:
             target_cache = self._prefill_target(target_prompt, plan[0][1], progress, stats)
@@ -210,7 +212,7 @@ class RapidEngine:
         stats["prefill_s"] = time.perf_counter() - t0
 
         tok = self.target.tokenizer
-        tracker = TextTracker(tok, eos_ids=tok.eos_token_ids, stop=stop, max_new_tokens=max_new_tokens)
+        tracker = TextTracker(tok, eos_ids=eos_ids, stop=stop, max_new_tokens=max_new_tokens)
         gen = torch.Generator(device=self.target.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         cost = SpeculationCostModel(gamma_max=gamma_max)
