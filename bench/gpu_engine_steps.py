@@ -73,12 +73,13 @@ def filled_cache(cfg, length, kv_dtype, device, room=16):
     """A cache holding `length` tokens of random K/V (quantized on write like a real prefill would)."""
     cache = KVCache(cfg.num_layers, 1, cfg.num_kv_heads, length + room, cfg.head_dim, kv_dtype=kv_dtype, device=device)
     chunk = 8192
-    for i in range(cfg.num_layers):
-        for s in range(0, length, chunk):
-            n = min(chunk, length - s)
-            k = torch.randn(1, cfg.num_kv_heads, n, cfg.head_dim, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for s in range(0, length, chunk):  # write() appends at most at cache.length, as a prefill does
+        n = min(chunk, length - s)
+        k = torch.randn(1, cfg.num_kv_heads, n, cfg.head_dim, device=device, dtype=dtype)
+        for i in range(cfg.num_layers):
             cache.write(i, k, k, s)
-    cache.length = length
+        cache.length = s + n
     return cache
 
 

@@ -77,7 +77,10 @@ def quantize_kv(x: torch.Tensor, kv_dtype: str):
         return x.to(PLAIN_DTYPES[kv_dtype], copy=True), _empty(x.device), _empty(x.device)
     if kv_dtype in ("int8", "fp8"):
         qmax = INT8_MAX if kv_dtype == "int8" else FP8_MAX
-        scale = xf.abs().amax(dim=-1) / qmax  # [B, H, T]
+        amax = xf.abs().amax(dim=-1)  # [B, H, T]
+        # Tensor / tensor: torch's CUDA `t / python_scalar` multiplies by the reciprocal, which is not
+        # the correctly rounded quotient the kernels compute (and CPU torch computes).
+        scale = amax / torch.full_like(amax, qmax)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))[..., None]
         y = torch.where(scale[..., None] > 0, xf / safe, torch.zeros_like(xf))
         if kv_dtype == "int8":
@@ -91,7 +94,7 @@ def quantize_kv(x: torch.Tensor, kv_dtype: str):
     xg = xf.reshape(B, H, T, D // g, g)
     mn = xg.amin(dim=-1)
     mx = xg.amax(dim=-1)
-    scale16 = ((mx - mn) / 15.0).to(torch.float16)  # [B, H, T, D/G]
+    scale16 = ((mx - mn) / torch.full_like(mx, 15.0)).to(torch.float16)  # [B, H, T, D/G]; tensor / tensor as above
     zero16 = mn.to(torch.float16)
     s = scale16.float()[..., None]
     z = zero16.float()[..., None]
