@@ -57,6 +57,15 @@ def test_cost_model_switches_speculation_off_when_it_cannot_pay():
     assert cm.predicted_speedup() == pytest.approx(1.0)
 
 
+def test_cost_model_never_probes_when_drafting_cannot_pay_at_any_acceptance():
+    cm = SpeculationCostModel(gamma_max=8)
+    # A draft step costs as much as a verify step and wider verifies cost more: even with every draft
+    # accepted, (g + 1) / (g t_d + t_v(g + 1)) < 1 / t_v(1). After the first probe, never speculate again.
+    chosen = _feed(cm, t_draft=0.02, t_verify=lambda n: 0.02 + 0.003 * (n - 1), alpha_true=1.0, rounds=300)
+    assert not cm.could_pay()
+    assert sum(1 for g in chosen if g > 0) == 1, chosen[:10]
+
+
 def test_cost_model_verify_cost_is_fitted_across_widths():
     cm = SpeculationCostModel(gamma_max=8)
     cm.record_verify(1, 1.0)

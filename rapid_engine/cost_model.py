@@ -123,6 +123,15 @@ class SpeculationCostModel:
         base, r = self.rate(0), self.rate(g)
         return None if base is None or r is None else r / base
 
+    def could_pay(self) -> bool:
+        """Whether speculation would beat plain decoding at the measured step costs if every draft passed."""
+        base = self.rate(0)
+        for g in range(1, self.gamma_max + 1):
+            t = self.round_seconds(g)
+            if base is None or t is None or (g + 1) / t > base:
+                return True
+        return False
+
     # ---- decision ----
     def choose(self) -> int:
         """Gamma for the next round. Explores until both costs are measured, then exploits, re-probing rarely."""
@@ -136,6 +145,8 @@ class SpeculationCostModel:
         if best > 0:
             self._plain_rounds_since_probe = 0
             return best
+        if not self.could_pay():
+            return 0  # a draft step costs too much for any acceptance rate to help: probing only loses time
         self._plain_rounds_since_probe += 1
         if self._plain_rounds_since_probe >= self._next_probe:
             self._plain_rounds_since_probe = 0
