@@ -59,13 +59,14 @@ void run_format(const std::string& fmt) {
   const double err = (out.to(at::kDouble) - reference(q, kf, vf, seqlens)).abs().max().item<double>();
   expect(err < 1e-5, fmt + ": launcher vs double reference, max err " + std::to_string(err));
 
-  // By name through the dispatcher, as code that only knows the schema would call it.
+  // By name through the dispatcher, as code that only knows the schema would call it (the typed
+  // signature must be the registered launcher's: std::string for `str`).
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("rapid::verify_attention", "")
                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                   const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                                   const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                                  const at::Tensor&, c10::string_view, double)>();
+                                  const at::Tensor&, const std::string&, double)>();
   auto out2 = op.call(q, k_data, v_data, opt(k_scale), opt(k_zero), opt(v_scale), opt(v_zero), sl, fmt, sm_scale);
   expect(at::equal(out, out2), fmt + ": dispatcher call equals the launcher call");
 }
