@@ -97,7 +97,9 @@ class RapidEngine:
 
         seed: with an integer gamma (or greedy decoding) the same seed gives the same tokens. With gamma="auto"
         and sampling, the draft lengths follow measured step times and with them the use of the random stream:
-        the seed then fixes the distribution the tokens follow, not the tokens themselves.
+        the seed then fixes the distribution the tokens follow, not the tokens themselves. Likewise rapid's greedy
+        tokens (eta > 0) with gamma="auto": the drafter's q enters the decision, and its catch-up forwards have
+        timing-dependent widths, so a near-tie in the shifted logits can break either way between runs.
         ignore_eos: keep generating past EOS up to max_new_tokens (benchmarks; as vLLM's option)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
