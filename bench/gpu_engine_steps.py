@@ -19,11 +19,12 @@ import json
 import os
 import platform
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import roofline  # noqa: E402  (bench/roofline.py: the shared timing helper)
 from rapid_engine import ops  # noqa: E402
 from rapid_engine.kv_cache import KVCache  # noqa: E402
 from rapid_engine.models.config import ModelConfig  # noqa: E402
@@ -50,23 +51,8 @@ class RandomWeights:
         out.normal_(0.0, 0.02)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timeit(fn, device, reps=5, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    return roofline.time_call(fn, warmup=warmup, reps=reps, device=device)
 
 
 def filled_cache(cfg, length, kv_dtype, device, room=16):
