@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kv_launch.h"
 #include "rapid/kv_quant.cuh"
 
 namespace rapid {
@@ -19,33 +20,9 @@ namespace {
 using cuda::FloatType;
 using cuda::KvFormat;
 
-KvFormat format_of(const std::string& kv_dtype, const char* op) {
-  KvFormat f;
-  TORCH_CHECK(cuda::parse_kv_format(kv_dtype, &f), op,
-              ": kv_dtype must be one of fp32, bf16, fp16, int8, int4, fp8, got '", kv_dtype, "'");
-  return f;
-}
-
-FloatType float_type_of(const at::Tensor& t, const char* what) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return FloatType::kF32;
-    case at::kBFloat16: return FloatType::kBF16;
-    case at::kHalf: return FloatType::kF16;
-    default: TORCH_CHECK(false, what, " must be float32, bfloat16 or float16, got ", t.scalar_type());
-  }
-  return FloatType::kF32;
-}
-
-at::ScalarType data_dtype(KvFormat f) {
-  switch (f) {
-    case KvFormat::kF32: return at::kFloat;
-    case KvFormat::kBF16: return at::kBFloat16;
-    case KvFormat::kF16: return at::kHalf;
-    case KvFormat::kInt8: return at::kChar;
-    case KvFormat::kInt4: return at::kByte;
-    default: return at::kFloat8_e4m3fn;
-  }
-}
+using cuda_launch::data_dtype;
+using cuda_launch::float_type_of;
+using cuda_launch::format_of;
 
 bool has_scale(KvFormat f) { return f == KvFormat::kInt8 || f == KvFormat::kFp8 || f == KvFormat::kInt4; }
 

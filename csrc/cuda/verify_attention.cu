@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "kv_launch.h"
 #include "rapid/verify_attention.cuh"
 
 namespace rapid {
@@ -22,26 +23,7 @@ using cuda::KvFormat;
 
 constexpr int kDecodeMaxQueries = 64;  // above: a prefill chunk, one split (row tiles fill the GPU)
 
-FloatType q_type_of(const at::Tensor& q) {
-  switch (q.scalar_type()) {
-    case at::kFloat: return FloatType::kF32;
-    case at::kBFloat16: return FloatType::kBF16;
-    case at::kHalf: return FloatType::kF16;
-    default: TORCH_CHECK(false, "verify_attention: q must be float32, bfloat16 or float16, got ", q.scalar_type());
-  }
-  return FloatType::kF32;
-}
-
-at::ScalarType data_dtype(KvFormat f) {
-  switch (f) {
-    case KvFormat::kF32: return at::kFloat;
-    case KvFormat::kBF16: return at::kBFloat16;
-    case KvFormat::kF16: return at::kHalf;
-    case KvFormat::kInt8: return at::kChar;
-    case KvFormat::kInt4: return at::kByte;
-    default: return at::kFloat8_e4m3fn;
-  }
-}
+using cuda_launch::data_dtype;
 
 int sm_count(int device) {
   int n = 0;
@@ -119,12 +101,10 @@ at::Tensor verify_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
                                  const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& k_zero,
                                  const c10::optional<at::Tensor>& v_scale, const c10::optional<at::Tensor>& v_zero,
                                  const at::Tensor& seqlens, const std::string& kv_dtype, double sm_scale) {
-  KvFormat f;
-  TORCH_CHECK(cuda::parse_kv_format(kv_dtype, &f),
-              "verify_attention: kv_dtype must be one of fp32, bf16, fp16, int8, int4, fp8, got '", kv_dtype, "'");
+  const KvFormat f = cuda_launch::format_of(kv_dtype, "verify_attention");
   TORCH_CHECK(q.is_cuda(), "verify_attention: q must be a CUDA tensor, got ", q.device());
   TORCH_CHECK(q.dim() == 4, "verify_attention: q must be [B, n_query, q_heads, D], got ", q.sizes());
-  const FloatType q_type = q_type_of(q);
+  const FloatType q_type = cuda_launch::float_type_of(q, "verify_attention: q");
   TORCH_CHECK(q.stride(3) == 1, "verify_attention: q's last dimension must be contiguous (stride 1)");
   const int64_t B = q.size(0), nq = q.size(1), qh = q.size(2), D = q.size(3);
   TORCH_CHECK(k.dim() == 4 && v.dim() == 4, "verify_attention: k and v must be [B, kv_heads, S_max, D(/2)], got ",
