@@ -14,11 +14,12 @@ from engine_fixtures import byte_tokenizer
 
 
 # ---------------------------------------------------------------- cost model
-def _feed(cm, t_draft, t_verify, alpha_true, rounds=200, seed=0):
-    """Simulate rounds: each draft accepted with prob alpha_true until the first rejection."""
+def _feed(cm, t_draft, t_verify, alpha_true, rounds=200, seed=0, until_tokens=None):
+    """Simulate rounds: each draft accepted with prob alpha_true until the first rejection. Returns the gammas
+    chosen (and, with `until_tokens`, stops once that many tokens were emitted)."""
     g = torch.Generator().manual_seed(seed)
-    chosen = []
-    for _ in range(rounds):
+    chosen, emitted = [], 0
+    while len(chosen) < rounds if until_tokens is None else emitted < until_tokens:
         gamma = cm.choose()
         chosen.append(gamma)
         accepted = 0
@@ -27,7 +28,8 @@ def _feed(cm, t_draft, t_verify, alpha_true, rounds=200, seed=0):
         for _ in range(gamma):
             cm.record_draft_step(t_draft)
         cm.record_verify(gamma + 1, t_verify(gamma + 1))
-        cm.record_round(gamma, accepted)
+        cm.record_round(gamma, accepted, gamma * t_draft + t_verify(gamma + 1))
+        emitted += accepted + 1
     return chosen
 
 
@@ -52,9 +54,26 @@ def test_cost_model_switches_speculation_off_when_it_cannot_pay():
     chosen = _feed(cm, t_draft=0.02, t_verify=lambda n: 0.02 + 0.004 * (n - 1), alpha_true=0.3, rounds=400)
     tail = chosen[100:]
     assert cm.best_gamma() == 0
-    # Probes back off geometrically: at most a handful of speculative rounds after the first 100.
-    assert sum(1 for g in tail if g > 0) <= 6, tail
+    # No draft length can pay at this cost: after the first probe, no speculative rounds at all.
+    assert not cm.could_pay() and sum(1 for g in tail if g > 0) == 0, tail
     assert cm.predicted_speedup() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tokens", [64, 512])
+def test_cost_model_probes_stay_within_the_time_budget(tokens):
+    # Drafting would pay if drafts were accepted (cheap drafts) but none is: plain decoding is best, and the
+    # re-probes must cost at most `probe_budget` of the time (plus the one first probe that measures t_draft).
+    cm = SpeculationCostModel(gamma_max=8)
+    t_draft, t_verify = 0.006, lambda n: 0.02 + 0.004 * (n - 1)  # noqa: E731
+    chosen = _feed(cm, t_draft, t_verify, alpha_true=0.0, until_tokens=tokens)
+    assert cm.could_pay() and cm.best_gamma() == 0
+    spent = sum(g * t_draft + t_verify(g + 1) for g in chosen)
+    plain = len(chosen) * t_verify(1)  # every round emitted exactly one token
+    first_probe = t_draft + t_verify(2) - t_verify(1)
+    assert spent <= plain * (1 + cm.probe_budget) + first_probe
+    if tokens == 512:  # long enough for the budget to allow re-probes: it keeps probing, sparsely
+        probes, loss_each = sum(1 for g in chosen if g > 0), t_draft + t_verify(2) - t_verify(1)
+        assert 2 <= probes <= cm.probe_budget * plain / loss_each + 1, chosen
 
 
 def test_cost_model_never_probes_when_drafting_cannot_pay_at_any_acceptance():

@@ -14,9 +14,10 @@ g is never below plain decoding *by the model's own estimate*: speculation is sw
 
 Everything is measured online in the same generation: `t_draft` from the drafter's one-token steps, `t_verify(n)`
 per verified width n (a line a + b (n - 1) fitted through the widths seen so far), `alpha` from decayed counts of
-accepted drafts and first rejections. While plain decoding wins, speculation is re-probed with a short draft at
-geometrically growing intervals, so a document where drafting starts to pay later is not missed, and the probes
-cost a vanishing fraction of the time where it never does.
+accepted drafts and first rejections. While plain decoding wins, speculation is re-probed with one draft, but only
+while the time the probes lost (a probe round's seconds minus what plain decoding would have spent on the tokens
+it emitted) stays within `probe_budget` (3%) of the elapsed decode time: a document where drafting starts to pay
+later is not missed, and where it never pays `auto` stays within that budget of plain decoding.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ class _Ema:
 class SpeculationCostModel:
     """Online estimate of draft/verify step costs and acceptance; `choose()` returns the next round's gamma."""
 
-    def __init__(self, gamma_max: int = 8, *, first_probe: int = 2, decay: float = 0.8,
-                 acceptance_decay: float = 0.95, acceptance_prior: tuple[float, float] = (1.0, 2.0), probe_interval: int = 8):
+    def __init__(self, gamma_max: int = 8, *, first_probe: int = 1, decay: float = 0.8,
+                 acceptance_decay: float = 0.95, acceptance_prior: tuple[float, float] = (1.0, 2.0),
+                 probe_budget: float = 0.03):
         if gamma_max < 0:
             raise ValueError(f"gamma_max must be >= 0, got {gamma_max}")
         self.gamma_max = gamma_max
@@ -49,9 +51,11 @@ class SpeculationCostModel:
         self.t_verify: dict[int, _Ema] = {}  # verified width n -> seconds
         # Decayed counts: accepted drafts, and trials (accepted + first rejections); prior = (accepted, trials).
         self._accepted, self._trials = acceptance_prior
-        self._probe_interval = probe_interval
-        self._plain_rounds_since_probe = 0
-        self._next_probe = probe_interval
+        self.probe_budget = probe_budget
+        self.elapsed_s = 0.0       # decode seconds of every recorded round
+        self.probe_loss_s = 0.0    # seconds the probe rounds cost beyond plain decoding of what they emitted
+        self._last_probe_loss: float | None = None
+        self._probing = False      # the round being chosen now is a probe (plain decoding was the best choice)
         self.rounds = 0
 
     # ---- measurements ----
@@ -63,15 +67,22 @@ class SpeculationCostModel:
         """One target forward over `width` tokens plus the acceptance step."""
         self.t_verify.setdefault(width, _Ema(self.decay)).update(seconds)
 
-    def record_round(self, drafted: int, accepted: int) -> None:
+    def record_round(self, drafted: int, accepted: int, seconds: float | None = None) -> None:
+        """A finished round: drafts proposed and accepted, and its wall time (drafter + target + sampling)."""
         self.rounds += 1
+        probing, self._probing = self._probing, False
+        if seconds is not None:
+            self.elapsed_s += seconds
+            plain = self.verify_seconds(1)
+            if probing and plain is not None:
+                loss = seconds - (accepted + 1) * plain  # negative when the probe paid off
+                self.probe_loss_s += loss
+                self._last_probe_loss = max(loss, 0.0)
         if drafted == 0:
             return
         rejected = 1 if accepted < drafted else 0
         self._accepted = self.acceptance_decay * self._accepted + accepted
         self._trials = self.acceptance_decay * self._trials + accepted + rejected
-        if accepted == drafted:  # a probe that paid off: keep probing soon if plain decoding wins again
-            self._next_probe = self._probe_interval
 
     # ---- estimates ----
     @property
@@ -133,23 +144,29 @@ class SpeculationCostModel:
         return False
 
     # ---- decision ----
+    def expected_probe_loss(self) -> float:
+        """What the next one-draft probe should cost beyond plain decoding: the last probe's loss, or before any,
+        a draft step plus the extra verified token with nothing accepted."""
+        if self._last_probe_loss is not None:
+            return self._last_probe_loss
+        return (self.t_draft.value or 0.0) + max(self.verify_seconds(2) - self.verify_seconds(1), 0.0)
+
     def choose(self) -> int:
-        """Gamma for the next round. Explores until both costs are measured, then exploits, re-probing rarely."""
+        """Gamma for the next round. Explores until both costs are measured, then exploits, re-probing within
+        the time budget."""
         if self.gamma_max == 0:
             return 0
         if 1 not in self.t_verify:
             return 0  # measure plain decoding first: it is the baseline every choice is compared with
         if self.t_draft.value is None:
+            self._probing = True
             return self.first_probe
         best = self.best_gamma()
         if best > 0:
-            self._plain_rounds_since_probe = 0
             return best
         if not self.could_pay():
             return 0  # a draft step costs too much for any acceptance rate to help: probing only loses time
-        self._plain_rounds_since_probe += 1
-        if self._plain_rounds_since_probe >= self._next_probe:
-            self._plain_rounds_since_probe = 0
-            self._next_probe = min(self._next_probe * 2, 1024)
+        if self.probe_loss_s + self.expected_probe_loss() <= self.probe_budget * self.elapsed_s:
+            self._probing = True
             return 1
         return 0

@@ -228,7 +228,7 @@ class RapidEngine:
             cost.record_verify(g + 1, r.verify_s)
             for s in r.draft_step_s:
                 cost.record_draft_step(s)
-            cost.record_round(g, r.accepted)
+            cost.record_round(g, r.accepted, r.draft_s + r.verify_s)
             gammas.append(g)
             if g > 0:
                 drafted, accepted = drafted + g, accepted + r.accepted
