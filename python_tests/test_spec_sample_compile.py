@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "/usr/local/cuda/bin/nvcc")
 
 DRIVER = textwrap.dedent("""
-    #include "rapid/spec_sample.cuh"
+    #include "rapid/spec_sample_split.cuh"
     // Takes the kernels' addresses so nvcc must generate device code for them.
-    void* rapid_spec_sample_unit_kernel() { return reinterpret_cast<void*>(&rapid::spec_cuda::unit_kernel); }
-    void* rapid_spec_sample_assemble_kernel() { return reinterpret_cast<void*>(&rapid::spec_cuda::assemble_kernel); }
+    namespace k = rapid::spec_cuda;
+    void* rapid_spec_sample_kernels[] = {reinterpret_cast<void*>(&k::stats_kernel), reinterpret_cast<void*>(&k::hist_kernel),
+                                         reinterpret_cast<void*>(&k::gather_kernel), reinterpret_cast<void*>(&k::finish_kernel),
+                                         reinterpret_cast<void*>(&k::assemble_kernel)};
 """)
 
 

@@ -22,6 +22,12 @@ namespace rapid::spec_cuda {
 constexpr int kThreads = 512;
 constexpr int kBins = 256;  // 8-bit radix digits, 4 passes over a 32-bit key
 enum Error : int { kOk = 0, kBadLogit = 1, kEmptyRow = 2, kBadProb = 4, kBadSum = 8, kBadDraft = 16 };
+enum Mode : int { kCompact = 0, kSingleBlock = 1 };
+
+struct Cand {  // one entry of a unit's compacted candidate list (split path)
+  int32_t id;
+  float z, q;
+};
 
 struct Params {
   const float* logits;     // [B, G+1, V]
@@ -30,14 +36,33 @@ struct Params {
   const double* uniforms;  // [B, G+1]
   int64_t* tokens;         // [B, G+1]
   int32_t* num_accepted;   // [B]
-  int* error;              // [1], OR of Error bits
-  int64_t* unit_token;     // [B, G+1] scratch: the token emitted if the row stops at this unit
-  int32_t* unit_accept;    // [B, G+1] scratch: the draft at this unit passes its test
+  int* error;              // [1], OR of Error bits (written by the assembler)
+  int64_t* unit_token;     // [U = B (G+1)] scratch: the token emitted if the row stops at this unit
+  int32_t* unit_accept;    // [U] scratch: the draft at this unit passes its test
   int64_t B, G, V;
   float inv_t, top_p, eta, log_alpha, sum_tol;
   float fx_scale;          // fixed-point scale of selection masses (sum over V stays below 2^63)
   int64_t top_k;
   bool greedy, paper, tail, vec4;
+  // Split path (spec_sample_split.cuh) scratch, all written before they are read; U = B (G+1) units.
+  float* part_max;                 // [U, ns] per-slice max logit
+  float* part_qsum;                // [U, ns] per-slice draft-row sum
+  int* part_err;                   // [U, ns] per-slice Error bits
+  float* unit_zmax;                // [U]
+  int* unit_err;                   // [U]
+  int* unit_mode;                  // [U] kCompact or kSingleBlock
+  int* unit_bhi;                   // [U] last histogram bin that holds candidates
+  unsigned long long* unit_beyond; // [U] fixed-point mass of the bins after unit_bhi
+  unsigned int* unit_ticket;       // [U] histogram blocks finished (the last one selects)
+  unsigned int* unit_fill;         // [U] candidate slots taken
+  unsigned int* hist_count;        // [U, kHistBins] (only when `use_hist`)
+  unsigned long long* hist_mass;   // [U, kHistBins]
+  int* seg_base;                   // [U, ns_small] where each small slice's candidates start in `cand`
+  int* seg_len;                    // [U, ns_small]
+  Cand* cand;                      // [U, cap] candidates, id order inside each small slice
+  int64_t slice, ns, ns_small;     // big slices (stats, histogram) of `slice` tokens; small ones of kSmallSlice
+  int64_t cap;                     // candidate capacity per unit (shared memory of the finishing block)
+  bool use_hist;                   // V > cap: histogram select; else every finite token is a candidate
 };
 
 // ---- block-wide helpers (results broadcast to every thread) ------------------------------------------------
@@ -61,6 +86,9 @@ struct MinL {
 struct MaxL {
   __device__ int64_t operator()(int64_t a, int64_t b) const { return a > b ? a : b; }
 };
+struct SumU {
+  __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a + b; }
+};
 struct ArgMaxOp {
   __device__ ArgMax operator()(const ArgMax& a, const ArgMax& b) const {
     return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
@@ -83,6 +111,8 @@ struct Shared {
     typename cub::BlockReduce<OnlineSum, kThreads>::TempStorage os;
     typename cub::BlockScan<float, kThreads>::TempStorage scan_f;
     typename cub::BlockScan<int, kThreads>::TempStorage scan_i;
+    typename cub::BlockReduce<unsigned long long, kThreads>::TempStorage ul;
+    typename cub::BlockScan<unsigned long long, kThreads>::TempStorage scan_ul;
   } tmp;
   unsigned long long hist_w[kBins];
   unsigned int hist_c[kBins];
@@ -93,6 +123,7 @@ struct Shared {
   OnlineSum os;
   float f;
   int64_t l;
+  unsigned long long ul;
   int i;
 };
 
@@ -268,41 +299,93 @@ __device__ int64_t sample_cdf(Shared& sh, const float* z, const float* q, int64_
   return block_reduce(sh, last, MaxL(), sh.l);
 }
 
-// ---- kernel 1: one block per (row, position) -----------------------------------------------------------------
+// ---- one unit in one block: the filtered, shifted distribution and this unit's decision -----------------------
 
-__global__ void __launch_bounds__(kThreads) unit_kernel(Params pr) {
-  __shared__ Shared sh;
-  const int64_t unit = blockIdx.x, G = pr.G, V = pr.V;
+struct UnitOut {
+  int64_t tok;  // index into the row (a token id, or a list position on the compact path)
+  int accept;
+};
+
+// Everything after the cut, over one "row" of n entries: z[x] logits (entries the filters drop are either
+// excluded by `cut` or already -inf), qrow[x] the draft probabilities (nullptr: one-hot at xd, or the bonus
+// position), xd the draft's index in the row (-1: not in the row, so phat(xd) = 0 and the draft is rejected;
+// qx_draft is then q at the draft). Used by the single-block path on a whole vocabulary row and by the split
+// path on the compacted candidate list (where z lives in shared memory and indices are list positions).
+__device__ UnitOut unit_tail(Shared& sh, const Params& pr, const float* z, const float* qrow, int64_t n, bool vec4,
+                             float zmax, Cut cut, bool is_draft, int64_t xd, float qx_draft, double u_accept,
+                             double u_final) {
+  const float eta = is_draft ? pr.eta : 0.f;  // no shift at the bonus position: phat = p there
+  auto q_of = [&](int64_t x, float qx) { return qrow ? qx : (x == xd ? 1.f : 0.f); };
+  const float* qload = qrow;  // rows read alongside z (nullptr: one-hot or bonus)
+  const float inv_t = pr.inv_t;
+  auto e_of = [&](int64_t x, float zx) { return cut.keep(order_key(zx), x) ? __expf((zx - zmax) * inv_t) : 0.f; };
+  float S = 0.f;
+  for_each(z, nullptr, n, vec4, [&](int64_t x, float zx, float) { S += e_of(x, zx); });
+  S = block_sum(sh, S);
+  const float inv_s = 1.f / S;
+
+  // Shifted logit relative to zmax (-inf off the filtered support), then tail protection.
+  auto s_raw = [&](int64_t x, float zx, float qx) {
+    return cut.keep(order_key(zx), x) ? (zx - zmax) * inv_t + eta * (q_of(x, qx) - e_of(x, zx) * inv_s) : -INFINITY;
+  };
+  float thresh = -INFINITY, s2max = 0.f, inv_sh = inv_s;
+  const bool shift = eta != 0.f;
+  if (shift && pr.tail) {
+    float smax = -INFINITY;
+    for_each(z, qload, n, vec4, [&](int64_t x, float zx, float qx) { smax = fmaxf(smax, s_raw(x, zx, qx)); });
+    thresh = block_reduce(sh, smax, MaxF(), sh.f) + pr.log_alpha;
+  }
+  auto s_at = [&](int64_t x, float zx, float qx) {  // tail tokens take back their plain logit
+    const float s = s_raw(x, zx, qx);
+    return (s < thresh && s > -INFINITY) ? (zx - zmax) * inv_t : s;
+  };
+  if (shift) {
+    OnlineSum acc{-INFINITY, 0.f};
+    for_each(z, qload, n, vec4, [&](int64_t x, float zx, float qx) {
+      acc = OnlineOp()(acc, OnlineSum{s_at(x, zx, qx), 1.f});
+    });
+    acc = block_reduce(sh, acc, OnlineOp(), sh.os);
+    s2max = acc.m;
+    inv_sh = 1.f / acc.l;
+  }
+  auto ph_of = [&](int64_t x, float zx, float qx) {
+    return shift ? __expf(s_at(x, zx, qx) - s2max) * inv_sh : e_of(x, zx) * inv_s;
+  };
+
+  UnitOut out{0, 0};
+  if (is_draft) {
+    const double qx = qx_draft;
+    const double phx = xd >= 0 ? ph_of(xd, z[xd], qrow ? qrow[xd] : 1.f) : 0.0;
+    out.accept = qx > 0 && u_accept * qx < phx;
+    auto w_of = [&](int64_t x, float zv, float qv) {
+      const float ph = ph_of(x, zv, qv), qq = q_of(x, qv);
+      return fmaxf(pr.paper ? e_of(x, zv) * inv_s - fminf(ph, qq) : ph - qq, 0.f);
+    };
+    float W = 0.f;
+    for_each(z, qload, n, vec4, [&](int64_t x, float zv, float qv) { W += w_of(x, zv, qv); });
+    W = block_sum(sh, W);
+    out.tok = W > 0.f ? sample_cdf(sh, z, qload, n, u_final, W, w_of)
+                        : sample_cdf(sh, z, qload, n, u_final, 1.f, ph_of);
+  } else {
+    out.tok = sample_cdf(sh, z, nullptr, n, u_final, S, [&](int64_t x, float zv, float) { return e_of(x, zv); });
+  }
+  return out;
+}
+
+// The whole unit in one block over its vocabulary row (greedy, and the fallback of the split path when the
+// candidate list would not fit in shared memory). zmax and the input checks come from the split path's first
+// kernels. Writes unit_token / unit_accept.
+__device__ void single_block_unit(Shared& sh, const Params& pr, int64_t unit, float zmax) {
+  const int64_t G = pr.G, V = pr.V;
   const int64_t b = unit / (G + 1), i = unit % (G + 1);
   const bool is_draft = i < G;
   const float* z = pr.logits + unit * V;
   const float* qrow = (is_draft && pr.q != nullptr) ? pr.q + (b * G + i) * V : nullptr;
-  const int64_t xd = is_draft ? pr.drafts[b * G + i] : -1;
-
-  // Validation (every unit, so the result never depends on where a row stops) and the max.
-  float zmax = -INFINITY, qsum = 0.f;
-  int bad = 0;
-  for_each(z, qrow, V, pr.vec4, [&](int64_t, float zx, float qx) {
-    bad |= (isnan(zx) || zx == INFINITY) ? kBadLogit : 0;
-    zmax = fmaxf(zmax, zx);
-    bad |= (!(qx >= 0.f) || qx == INFINITY) ? kBadProb : 0;
-    qsum += qx;
-  });
-  zmax = block_reduce(sh, zmax, MaxF(), sh.f);
-  bad = block_reduce(sh, bad, OrI(), sh.i);
-  if (qrow) qsum = block_sum(sh, qsum);
-  if (zmax == -INFINITY) bad |= kEmptyRow;
-  if (qrow && fabsf(qsum - 1.f) > pr.sum_tol) bad |= kBadSum;
-  if (is_draft && (xd < 0 || xd >= V)) bad |= kBadDraft;
-  if (bad) {  // uniform across the block; the launcher raises, the assembler leaves the outputs untouched
-    if (threadIdx.x == 0) atomicOr(pr.error, bad);
-    return;
-  }
-  const float eta = is_draft ? pr.eta : 0.f;  // no shift at the bonus position: phat = p there
-  auto q_of = [&](int64_t x, float qx) { return qrow ? qx : (x == xd ? 1.f : 0.f); };
-  const float* qload = qrow;  // rows read alongside z (nullptr: one-hot or bonus)
+  const int64_t xd = is_draft ? pr.drafts[b * G + i] : -1;  // checked in range by the split path
+  const float eta = is_draft ? pr.eta : 0.f;
 
   if (pr.greedy) {  // argmax of z + eta (q - softmax z), the lower id on ties; argmax z at the bonus
+    auto q_of = [&](int64_t x, float qx) { return qrow ? qx : (x == xd ? 1.f : 0.f); };
     float S = 1.f;
     if (eta != 0.f) {
       float s = 0.f;
@@ -310,7 +393,7 @@ __global__ void __launch_bounds__(kThreads) unit_kernel(Params pr) {
       S = block_sum(sh, s);
     }
     ArgMax best{-INFINITY, INT64_MAX};
-    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) {
+    for_each(z, qrow, V, pr.vec4, [&](int64_t x, float zx, float qx) {
       const float v = eta != 0.f ? zx + eta * (q_of(x, qx) - __expf(zx - zmax) / S) : zx;
       best = ArgMaxOp()(best, ArgMax{v, x});
     });
@@ -322,85 +405,46 @@ __global__ void __launch_bounds__(kThreads) unit_kernel(Params pr) {
     return;
   }
 
-  const float inv_t = pr.inv_t;
   Cut cut{-1, INT64_MAX};
   if (pr.top_k > 0 && pr.top_k < V)
-    cut = select_cut(sh, z, V, pr.vec4, zmax, inv_t, pr.fx_scale, false, static_cast<unsigned long long>(pr.top_k),
+    cut = select_cut(sh, z, V, pr.vec4, zmax, pr.inv_t, pr.fx_scale, false, static_cast<unsigned long long>(pr.top_k),
                      1.f, cut);
-  if (pr.top_p < 1.f) cut = select_cut(sh, z, V, pr.vec4, zmax, inv_t, pr.fx_scale, true, 0, pr.top_p, cut);
-
-  auto e_of = [&](int64_t x, float zx) { return cut.keep(order_key(zx), x) ? __expf((zx - zmax) * inv_t) : 0.f; };
-  float S = 0.f;
-  for_each(z, nullptr, V, pr.vec4, [&](int64_t x, float zx, float) { S += e_of(x, zx); });
-  S = block_sum(sh, S);
-  const float inv_s = 1.f / S;
-
-  // Shifted logit relative to zmax (-inf off the filtered support), then tail protection.
-  auto s_raw = [&](int64_t x, float zx, float qx) {
-    return cut.keep(order_key(zx), x) ? (zx - zmax) * inv_t + eta * (q_of(x, qx) - e_of(x, zx) * inv_s) : -INFINITY;
-  };
-  float thresh = -INFINITY, s2max = 0.f, inv_sh = inv_s;
-  const bool shift = eta != 0.f;
-  if (shift) {
-    if (pr.tail) {
-      float smax = -INFINITY;
-      for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) { smax = fmaxf(smax, s_raw(x, zx, qx)); });
-      thresh = block_reduce(sh, smax, MaxF(), sh.f) + pr.log_alpha;
-    }
-  }
-  auto s_at = [&](int64_t x, float zx, float qx) {  // tail tokens take back their plain logit
-    const float s = s_raw(x, zx, qx);
-    return (s < thresh && s > -INFINITY) ? (zx - zmax) * inv_t : s;
-  };
-  if (shift) {
-    OnlineSum acc{-INFINITY, 0.f};
-    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zx, float qx) {
-      acc = OnlineOp()(acc, OnlineSum{s_at(x, zx, qx), 1.f});
-    });
-    acc = block_reduce(sh, acc, OnlineOp(), sh.os);
-    s2max = acc.m;
-    inv_sh = 1.f / acc.l;
-  }
-  auto ph_of = [&](int64_t x, float zx, float qx) {
-    return shift ? __expf(s_at(x, zx, qx) - s2max) * inv_sh : e_of(x, zx) * inv_s;
-  };
-
+  if (pr.top_p < 1.f) cut = select_cut(sh, z, V, pr.vec4, zmax, pr.inv_t, pr.fx_scale, true, 0, pr.top_p, cut);
+  const float qx = is_draft ? (qrow ? qrow[xd] : 1.f) : 0.f;
   const double* u = pr.uniforms + b * (G + 1);
-  int64_t tok;
-  int accept = 0;
-  if (is_draft) {
-    const float zx = z[xd];
-    const float qxv = qrow ? qrow[xd] : 1.f;
-    const double qx = qxv, phx = ph_of(xd, zx, qxv);
-    accept = qx > 0 && u[i] * qx < phx;
-    auto w_of = [&](int64_t x, float zv, float qv) {
-      const float ph = ph_of(x, zv, qv), qq = q_of(x, qv);
-      return fmaxf(pr.paper ? e_of(x, zv) * inv_s - fminf(ph, qq) : ph - qq, 0.f);
-    };
-    float W = 0.f;
-    for_each(z, qload, V, pr.vec4, [&](int64_t x, float zv, float qv) { W += w_of(x, zv, qv); });
-    W = block_sum(sh, W);
-    tok = W > 0.f ? sample_cdf(sh, z, qload, V, u[G], W, w_of) : sample_cdf(sh, z, qload, V, u[G], 1.f, ph_of);
-  } else {
-    tok = sample_cdf(sh, z, nullptr, V, u[G], S, [&](int64_t x, float zv, float) { return e_of(x, zv); });
-  }
+  const UnitOut r = unit_tail(sh, pr, z, qrow, V, pr.vec4, zmax, cut, is_draft, xd, qx, is_draft ? u[i] : 0.0, u[G]);
   if (threadIdx.x == 0) {
-    pr.unit_token[unit] = tok;
-    pr.unit_accept[unit] = accept;
+    pr.unit_token[unit] = r.tok;
+    pr.unit_accept[unit] = r.accept;
   }
 }
 
-// ---- kernel 2: one thread per row ----------------------------------------------------------------------------
+// ---- the assembler: one block for all rows ----------------------------------------------------------------
 
-__global__ void assemble_kernel(Params pr) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= pr.B || *pr.error != kOk) return;  // bad input: the launcher raises; outputs stay -1 / 0
-  const int64_t G = pr.G;
-  int64_t n = 0;
-  while (n < G && pr.unit_accept[b * (G + 1) + n]) ++n;
-  for (int64_t j = 0; j <= G; ++j)
-    pr.tokens[b * (G + 1) + j] = j < n ? pr.drafts[b * G + j] : (j == n ? pr.unit_token[b * (G + 1) + n] : -1);
-  pr.num_accepted[b] = static_cast<int32_t>(n);
+constexpr int kAssembleThreads = 256;
+
+// error = OR of the units' errors; then per row: leading accepts -> num_accepted, the stopping unit's token,
+// then -1 (all -1 / 0 when any unit had bad input: the launcher raises).
+__global__ void __launch_bounds__(kAssembleThreads) assemble_kernel(Params pr) {
+  __shared__ int s_err;
+  if (threadIdx.x == 0) s_err = 0;
+  __syncthreads();
+  const int64_t G = pr.G, U = pr.B * (G + 1);
+  int e = 0;
+  for (int64_t u = threadIdx.x; u < U; u += kAssembleThreads) e |= pr.unit_err[u];
+  if (e) atomicOr(&s_err, e);
+  __syncthreads();
+  const int err = s_err;
+  if (threadIdx.x == 0) *pr.error = err;
+  for (int64_t b = threadIdx.x; b < pr.B; b += kAssembleThreads) {
+    int64_t n = 0;
+    if (!err)
+      while (n < G && pr.unit_accept[b * (G + 1) + n]) ++n;
+    for (int64_t j = 0; j <= G; ++j)
+      pr.tokens[b * (G + 1) + j] =
+          err ? -1 : (j < n ? pr.drafts[b * G + j] : (j == n ? pr.unit_token[b * (G + 1) + n] : -1));
+    pr.num_accepted[b] = static_cast<int32_t>(n);
+  }
 }
 
 }  // namespace rapid::spec_cuda

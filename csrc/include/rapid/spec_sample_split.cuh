@@ -1,0 +1,461 @@
+// spec_sample on CUDA, the split path: each unit's vocabulary row is spread over many blocks, so a call with
+// few units (B (gamma+1) = 5 .. 88) still fills the GPU. Kernels, in stream order (U = B (gamma+1) units):
+//  1. stats_kernel    [U x ns blocks]  per big slice: max logit, input checks, draft-row sum -> partials.
+//  2. hist_kernel     [U x ns]         zmax = max of the partials; a histogram of d = (zmax - z) / T in
+//                                      kBinsPerUnit bins per unit of d (count + 64-bit fixed-point mass), global
+//                                      integer atomics (order-independent). The last block of a unit (ticket)
+//                                      picks the last bin the filters can reach (top-k by counts, top-p by mass):
+//                                      every token up to it is a candidate. V <= cap: no histogram, every finite
+//                                      token is a candidate.
+//  3. gather_kernel   [U x ns_small]   candidates -> the unit's list, in id order inside each small slice
+//                                      (block scan), slices placed by an atomic offset (recorded per slice).
+//  4. finish_kernel   [U]              loads the list in slice order (= id order) into shared memory, rebuilds
+//                                      the histogram of the candidates, resolves the exact top-k / top-p cut
+//                                      (only the boundary bin needs ranking by (logit desc, id asc)), drops the
+//                                      rest to -inf, and runs unit_tail on the list. A list over `cap`, and
+//                                      greedy, take the single-block path on the whole row instead.
+//  5. assemble_kernel [1]              rows from the units' decisions.
+// The logits are read 3 times (stats, histogram, gather), the draft rows once plus the candidates' entries.
+// Determinism: integer atomics for the histogram, fixed-order block reductions for floats.
+#pragma once
+#include "rapid/spec_sample.cuh"
+
+namespace rapid::spec_cuda {
+
+constexpr int kSplitThreads = 256;
+constexpr int kHistBins = 2048;
+constexpr float kBinsPerUnit = 16.f;  // bins per unit of (zmax - z) / T: d < 128 is resolved, beyond: last bin
+constexpr int kSmallSlice = 2048;     // tokens per gather block (its staging buffer lives in shared memory)
+constexpr int kSegChunk = kThreads;   // slices loaded per round by the finishing block
+
+__device__ __forceinline__ int hist_bin(float z, float zmax, float inv_t) {  // monotone: higher z, lower bin
+  const float d = (zmax - z) * inv_t * kBinsPerUnit;
+  return d < static_cast<float>(kHistBins - 1) ? static_cast<int>(d) : kHistBins - 1;
+}
+__device__ __forceinline__ unsigned long long fx_mass(float z, float zmax, const Params& pr) {
+  return static_cast<unsigned long long>(__float2ull_rn(__expf((z - zmax) * pr.inv_t) * pr.fx_scale));
+}
+
+// f(x, z[x], q[x] or 0) for x in [x0, x1) of one row, NT threads; float4 loads when vec4 (x0 % 4 == 0).
+template <int NT, class F>
+__device__ __forceinline__ void for_range(const float* z, const float* q, int64_t x0, int64_t x1, bool vec4, F&& f) {
+  if (vec4) {
+    const float4* z4 = reinterpret_cast<const float4*>(z);
+    const float4* q4 = reinterpret_cast<const float4*>(q);
+    for (int64_t j = x0 / 4 + threadIdx.x; j < x1 / 4; j += NT) {
+      const float4 a = z4[j];
+      const float4 b = q ? q4[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+      f(4 * j, a.x, b.x);
+      f(4 * j + 1, a.y, b.y);
+      f(4 * j + 2, a.z, b.z);
+      f(4 * j + 3, a.w, b.w);
+    }
+  } else {
+    for (int64_t x = x0 + threadIdx.x; x < x1; x += NT) f(x, z[x], q ? q[x] : 0.f);
+  }
+}
+
+struct SplitShared {
+  union {
+    typename cub::BlockReduce<float, kSplitThreads>::TempStorage f;
+    typename cub::BlockReduce<int, kSplitThreads>::TempStorage i;
+    typename cub::BlockScan<int, kSplitThreads>::TempStorage scan_i;
+    typename cub::BlockScan<unsigned long long, kSplitThreads>::TempStorage scan_ul;
+    typename cub::BlockReduce<long long, kSplitThreads>::TempStorage l;
+  } tmp;
+  float f;
+  int i;
+  long long l;
+  unsigned long long ul;
+};
+
+template <class T, class Op>
+__device__ __forceinline__ T split_reduce(SplitShared& sh, T v, Op op, T& slot) {
+  T r = cub::BlockReduce<T, kSplitThreads>(*reinterpret_cast<typename cub::BlockReduce<T, kSplitThreads>::TempStorage*>(
+                                               &sh.tmp))
+            .Reduce(v, op);
+  if (threadIdx.x == 0) slot = r;
+  __syncthreads();
+  r = slot;
+  __syncthreads();
+  return r;
+}
+struct SumF {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MinLL {
+  __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
+};
+
+struct UnitRef {  // where a unit's rows are
+  int64_t unit, b, i;
+  bool is_draft;
+  const float* z;
+  const float* q;
+  __device__ UnitRef(const Params& pr, int64_t u) : unit(u), b(u / (pr.G + 1)), i(u % (pr.G + 1)) {
+    is_draft = i < pr.G;
+    z = pr.logits + u * pr.V;
+    q = (is_draft && pr.q != nullptr) ? pr.q + (b * pr.G + i) * pr.V : nullptr;
+  }
+};
+
+// ---- 1. per big slice: max, checks, draft-row sum; zero the unit's histogram and counters ------------------
+
+__global__ void __launch_bounds__(kSplitThreads) stats_kernel(Params pr) {
+  __shared__ SplitShared sh;
+  const int64_t unit = blockIdx.x / pr.ns, s = blockIdx.x % pr.ns;
+  const UnitRef r(pr, unit);
+  const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
+  float zmax = -INFINITY, qsum = 0.f;
+  int bad = 0;
+  for_range<kSplitThreads>(r.z, r.q, x0, x1, pr.vec4, [&](int64_t, float zx, float qx) {
+    bad |= (isnan(zx) || zx == INFINITY) ? kBadLogit : 0;
+    zmax = fmaxf(zmax, zx);
+    bad |= (!(qx >= 0.f) || qx == INFINITY) ? kBadProb : 0;
+    qsum += qx;
+  });
+  zmax = split_reduce(sh, zmax, MaxF(), sh.f);
+  qsum = split_reduce(sh, qsum, SumF(), sh.f);
+  bad = split_reduce(sh, bad, OrI(), sh.i);
+  if (threadIdx.x == 0) {
+    pr.part_max[blockIdx.x] = zmax;
+    pr.part_qsum[blockIdx.x] = qsum;
+    pr.part_err[blockIdx.x] = bad;
+    if (s == 0) pr.unit_ticket[unit] = 0, pr.unit_fill[unit] = 0;
+  }
+  if (pr.use_hist) {  // this slice's share of the unit's histogram
+    const int64_t per = (kHistBins + pr.ns - 1) / pr.ns;
+    for (int64_t j = s * per + threadIdx.x; j < min(static_cast<int64_t>(kHistBins), (s + 1) * per); j += kSplitThreads) {
+      pr.hist_count[unit * kHistBins + j] = 0;
+      pr.hist_mass[unit * kHistBins + j] = 0;
+    }
+  }
+}
+
+// ---- 2. histogram of the unit's candidates-to-be; the unit's last block selects ----------------------------
+
+// Last block of a unit: the last bin any filter can reach. Top-k: the bin where the count reaches k (top-p then
+// only narrows inside it). Top-p alone: the bin where the mass reaches ceil(top_p * total). Neither: all bins.
+__device__ void select_bins(SplitShared& sh, const Params& pr, int64_t unit) {
+  constexpr int kPer = kHistBins / kSplitThreads;
+  const bool by_count = pr.top_k > 0 && pr.top_k < pr.V, by_mass = !by_count && pr.top_p < 1.f;
+  unsigned long long cnt[kPer], mass[kPer], c_sum = 0, m_sum = 0;
+  for (int r = 0; r < kPer; ++r) {
+    const int64_t j = unit * kHistBins + threadIdx.x * kPer + r;
+    cnt[r] = __ldcg(&pr.hist_count[j]);
+    mass[r] = __ldcg(&pr.hist_mass[j]);
+    c_sum += cnt[r];
+    m_sum += mass[r];
+  }
+  unsigned long long c_pre, m_pre, m_total;
+  cub::BlockScan<unsigned long long, kSplitThreads>(sh.tmp.scan_ul).ExclusiveSum(c_sum, c_pre);
+  __syncthreads();
+  cub::BlockScan<unsigned long long, kSplitThreads>(sh.tmp.scan_ul).ExclusiveSum(m_sum, m_pre, m_total);
+  __syncthreads();
+  const unsigned long long target =
+      by_count ? static_cast<unsigned long long>(pr.top_k)
+               : static_cast<unsigned long long>(ceil(static_cast<double>(pr.top_p) * static_cast<double>(m_total)));
+  long long hit = kHistBins - 1;  // neither filter, or never reached: everything is a candidate
+  if (by_count || by_mass) {
+    unsigned long long acc = by_count ? c_pre : m_pre;
+    for (int r = 0; r < kPer; ++r) {
+      acc += by_count ? cnt[r] : mass[r];
+      if (acc >= target) {
+        hit = threadIdx.x * kPer + r;
+        break;
+      }
+    }
+  }
+  const long long bhi = split_reduce(sh, hit, MinLL(), sh.l);
+  // Owner of bin bhi: candidates = count up to bhi; mass beyond it (for top-p's total on the finishing side).
+  if (bhi / kPer == threadIdx.x) {
+    unsigned long long c = c_pre, m = m_pre;
+    for (int r = 0; r <= bhi % kPer; ++r) c += cnt[r], m += mass[r];
+    pr.unit_bhi[unit] = static_cast<int>(bhi);
+    pr.unit_beyond[unit] = m_total - m;
+    pr.unit_mode[unit] = c <= static_cast<unsigned long long>(pr.cap) ? kCompact : kSingleBlock;
+  }
+}
+
+__global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
+  __shared__ SplitShared sh;
+  __shared__ unsigned int h_cnt[kHistBins];
+  __shared__ unsigned long long h_mass[kHistBins];
+  __shared__ int is_last;
+  const int64_t unit = blockIdx.x / pr.ns, s = blockIdx.x % pr.ns;
+  const UnitRef r(pr, unit);
+  float zmax = -INFINITY, qsum = 0.f;  // fixed-order combine of the stats partials: every block gets the same
+  int err = 0;
+  for (int64_t j = threadIdx.x; j < pr.ns; j += kSplitThreads) {
+    zmax = fmaxf(zmax, pr.part_max[unit * pr.ns + j]);
+    qsum += pr.part_qsum[unit * pr.ns + j];
+    err |= pr.part_err[unit * pr.ns + j];
+  }
+  zmax = split_reduce(sh, zmax, MaxF(), sh.f);
+  qsum = split_reduce(sh, qsum, SumF(), sh.f);
+  err = split_reduce(sh, err, OrI(), sh.i);
+  if (zmax == -INFINITY) err |= kEmptyRow;
+  if (s == 0 && threadIdx.x == 0) {
+    int e = err;
+    if (r.q && fabsf(qsum - 1.f) > pr.sum_tol) e |= kBadSum;
+    if (r.is_draft) {
+      const int64_t xd = pr.drafts[r.b * pr.G + r.i];
+      if (xd < 0 || xd >= pr.V) e |= kBadDraft;
+    }
+    pr.unit_err[unit] = e;
+    pr.unit_zmax[unit] = zmax;
+    if (pr.greedy || !pr.use_hist) {  // no selection: single block (greedy) or every finite token (small V)
+      pr.unit_mode[unit] = pr.greedy ? kSingleBlock : kCompact;
+      pr.unit_bhi[unit] = kHistBins - 1;
+      pr.unit_beyond[unit] = 0;
+    }
+  }
+  if (err || pr.greedy || !pr.use_hist) return;  // uniform over the unit's blocks: nobody selects then
+
+  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) h_cnt[j] = 0, h_mass[j] = 0;
+  __syncthreads();
+  const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
+  unsigned int far = 0;  // tokens in the last bin (d >= 128: fixed-point mass 0), counted without atomics
+  for_range<kSplitThreads>(r.z, nullptr, x0, x1, pr.vec4, [&](int64_t, float zx, float) {
+    if (zx == -INFINITY) return;
+    const int bin = hist_bin(zx, zmax, pr.inv_t);
+    if (bin == kHistBins - 1) {
+      ++far;
+      return;
+    }
+    atomicAdd(&h_cnt[bin], 1u);
+    const unsigned long long w = fx_mass(zx, zmax, pr);
+    if (w) atomicAdd(&h_mass[bin], w);
+  });
+  if (far) atomicAdd(&h_cnt[kHistBins - 1], far);
+  __syncthreads();
+  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) {
+    if (h_cnt[j]) atomicAdd(&pr.hist_count[unit * kHistBins + j], h_cnt[j]);
+    if (h_mass[j]) atomicAdd(&pr.hist_mass[unit * kHistBins + j], h_mass[j]);
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&pr.unit_ticket[unit], 1u) == static_cast<unsigned int>(pr.ns - 1);
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  select_bins(sh, pr, unit);
+}
+
+// ---- 3. gather the candidates, id order inside each small slice --------------------------------------------
+
+__global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
+  __shared__ SplitShared sh;
+  __shared__ Cand stage[kSmallSlice];
+  __shared__ int base;
+  const int64_t unit = blockIdx.x / pr.ns_small, s = blockIdx.x % pr.ns_small;
+  if (pr.unit_err[unit] || pr.unit_mode[unit] != kCompact) return;
+  const UnitRef r(pr, unit);
+  const float zmax = pr.unit_zmax[unit];
+  const int bhi = pr.unit_bhi[unit];
+  const int64_t x0 = s * kSmallSlice, x1 = min(pr.V, x0 + kSmallSlice);
+  int count = 0;
+  for (int64_t t0 = x0; t0 < x1; t0 += 4 * kSplitThreads) {  // tiles of 4 consecutive tokens per thread
+    const int64_t xb = t0 + 4 * threadIdx.x;
+    float v[4];
+    if (pr.vec4 && xb < x1) {
+      const float4 a = reinterpret_cast<const float4*>(r.z)[xb / 4];
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    } else {
+      for (int k = 0; k < 4; ++k) v[k] = xb + k < x1 ? r.z[xb + k] : -INFINITY;
+    }
+    bool take[4];
+    int mine = 0;
+    for (int k = 0; k < 4; ++k) {
+      take[k] = xb + k < x1 && v[k] != -INFINITY && hist_bin(v[k], zmax, pr.inv_t) <= bhi;
+      mine += take[k];
+    }
+    int before, tile_total;
+    cub::BlockScan<int, kSplitThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
+    for (int k = 0, at = count + before; k < 4; ++k)
+      if (take[k]) stage[at++] = Cand{static_cast<int32_t>(xb + k), v[k], 0.f};
+    count += tile_total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    base = static_cast<int>(atomicAdd(&pr.unit_fill[unit], static_cast<unsigned int>(count)));
+    pr.seg_base[blockIdx.x] = base;
+    pr.seg_len[blockIdx.x] = count;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < count; j += kSplitThreads) {
+    if (base + j >= pr.cap) break;  // never: the histogram counted these tokens
+    Cand c = stage[j];
+    c.q = r.q ? r.q[c.id] : 0.f;
+    pr.cand[unit * pr.cap + base + j] = c;
+  }
+}
+
+// ---- 4. one block per unit: exact cut on the list, then the unit's decision --------------------------------
+
+struct FinishShared {
+  unsigned int h_cnt[kHistBins];
+  unsigned long long h_mass[kHistBins];
+  int seg_off[kSegChunk], seg_len[kSegChunk], seg_base[kSegChunk];
+  int pos_d, off, nsub;
+};
+
+// First bin (of kHistBins) whose inclusive prefix of val(bin) reaches target (INT64_MAX if none); *excl = the
+// prefix before it.
+template <class F>
+__device__ int64_t first_bin_reaching(Shared& sh, unsigned long long target, F&& val, unsigned long long* excl) {
+  constexpr int kPer = kHistBins / kThreads;
+  unsigned long long v[kPer], mine = 0;
+  for (int r = 0; r < kPer; ++r) mine += (v[r] = val(threadIdx.x * kPer + r));
+  unsigned long long acc;
+  cub::BlockScan<unsigned long long, kThreads>(sh.tmp.scan_ul).ExclusiveSum(mine, acc);
+  __syncthreads();
+  int64_t hit = INT64_MAX;
+  unsigned long long before = 0;
+  for (int r = 0; r < kPer && hit == INT64_MAX; ++r) {
+    if (acc + v[r] >= target) hit = threadIdx.x * kPer + r, before = acc;
+    acc += v[r];
+  }
+  const int64_t found = block_reduce(sh, hit, MinL(), sh.l);
+  if (found != INT64_MAX && hit == found) sh.ul = before;
+  __syncthreads();
+  *excl = found != INT64_MAX ? sh.ul : 0;
+  __syncthreads();
+  return found;
+}
+
+// Among the live candidates of bin `bin`, ranked by (logit desc, position asc): drop those for which
+// keep(rank, mass of the better-ranked ones) is false. Returns the fixed-point mass of the kept ones.
+template <class Keep>
+__device__ unsigned long long resolve_bin(Shared& sh, FinishShared& fs, float* zs, uint16_t* sub, int n, int bin,
+                                          float zmax, const Params& pr, Keep&& keep) {
+  if (threadIdx.x == 0) fs.nsub = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < n; p += kThreads)
+    if (zs[p] != -INFINITY && hist_bin(zs[p], zmax, pr.inv_t) == bin) sub[atomicAdd(&fs.nsub, 1)] = p;
+  __syncthreads();
+  const int m = fs.nsub;
+  unsigned long long kept = 0;
+  for (int j = threadIdx.x; j < m; j += kThreads) {
+    const int p = sub[j];
+    const unsigned int kp = order_key(zs[p]);
+    long long rank = 0;
+    unsigned long long before = 0;
+    for (int t = 0; t < m; ++t) {
+      const int o = sub[t] & 0x7FFF;
+      const unsigned int ko = order_key(zs[o]);
+      if (ko > kp || (ko == kp && o < p)) ++rank, before += fx_mass(zs[o], zmax, pr);
+    }
+    if (keep(rank, before)) kept += fx_mass(zs[p], zmax, pr);
+    else sub[j] = static_cast<uint16_t>(p | 0x8000);  // marked: dropped after every rank is known
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < m; j += kThreads)
+    if (sub[j] & 0x8000) zs[sub[j] & 0x7FFF] = -INFINITY;
+  kept = block_reduce(sh, kept, SumU(), sh.ul);
+  return kept;
+}
+
+__global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
+  __shared__ Shared sh;
+  __shared__ FinishShared fs;
+  extern __shared__ float dyn[];  // [cap] logits, [cap] draft probs, [cap] ids, [cap] uint16 boundary list
+  const int64_t unit = blockIdx.x;
+  if (pr.unit_err[unit]) return;
+  const float zmax = pr.unit_zmax[unit];
+  if (pr.unit_mode[unit] == kSingleBlock) {
+    single_block_unit(sh, pr, unit, zmax);
+    return;
+  }
+  const UnitRef r(pr, unit);
+  const int64_t G = pr.G, cap = pr.cap;
+  float* zs = dyn;
+  float* qs = zs + cap;
+  int32_t* ids = reinterpret_cast<int32_t*>(qs + cap);
+  uint16_t* sub = reinterpret_cast<uint16_t*>(ids + cap);
+  const int n = static_cast<int>(min(static_cast<int64_t>(pr.unit_fill[unit]), cap));
+  const int64_t xd = r.is_draft ? pr.drafts[r.b * G + r.i] : -1;
+
+  // Load the list in slice order (= id order); histogram of the candidates.
+  if (threadIdx.x == 0) fs.pos_d = -1, fs.off = 0;
+  for (int j = threadIdx.x; j < kHistBins; j += kThreads) fs.h_cnt[j] = 0, fs.h_mass[j] = 0;
+  for (int64_t c0 = 0; c0 < pr.ns_small; c0 += kSegChunk) {
+    const int64_t sl = c0 + threadIdx.x;
+    const int len = sl < pr.ns_small ? pr.seg_len[unit * pr.ns_small + sl] : 0;
+    const int base = sl < pr.ns_small ? pr.seg_base[unit * pr.ns_small + sl] : 0;
+    int at, total;
+    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(len, at, total);
+    __syncthreads();
+    fs.seg_off[threadIdx.x] = fs.off + at, fs.seg_len[threadIdx.x] = len, fs.seg_base[threadIdx.x] = base;
+    __syncthreads();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int k = warp; k < kSegChunk; k += kThreads / 32) {
+      for (int j = lane; j < fs.seg_len[k]; j += 32) {
+        const int p = fs.seg_off[k] + j, src = fs.seg_base[k] + j;
+        if (p >= n || src >= cap) continue;
+        const Cand c = pr.cand[unit * cap + src];
+        zs[p] = c.z, qs[p] = c.q, ids[p] = c.id;
+        if (c.id == xd) fs.pos_d = p;
+        atomicAdd(&fs.h_cnt[hist_bin(c.z, zmax, pr.inv_t)], 1u);
+        const unsigned long long w = fx_mass(c.z, zmax, pr);
+        if (w) atomicAdd(&fs.h_mass[hist_bin(c.z, zmax, pr.inv_t)], w);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) fs.off += total;
+    __syncthreads();
+  }
+
+  // Top-k: bins before kb are in, bin kb keeps its best (k - count before) tokens.
+  const bool use_k = pr.top_k > 0 && pr.top_k < pr.V;
+  int64_t kb = INT64_MAX;
+  unsigned long long kb_mass = 0;
+  if (use_k) {
+    unsigned long long above = 0;
+    kb = first_bin_reaching(sh, static_cast<unsigned long long>(pr.top_k),
+                            [&](int j) { return static_cast<unsigned long long>(fs.h_cnt[j]); }, &above);
+    if (kb != INT64_MAX) {
+      const long long need = pr.top_k - static_cast<long long>(above);
+      kb_mass = resolve_bin(sh, fs, zs, sub, n, static_cast<int>(kb), zmax, pr,
+                            [&](long long rank, unsigned long long) { return rank < need; });
+    }
+  }
+  // Top-p on the top-k-renormalized mass: bins before bp are in, bin bp keeps the tokens whose better-ranked
+  // mass is below the target, bins after bp are out.
+  if (pr.top_p < 1.f) {
+    auto mass_of = [&](int j) -> unsigned long long {
+      return j < kb ? fs.h_mass[j] : (j == kb ? kb_mass : 0ull);
+    };
+    unsigned long long total = 0;
+    for (int j = threadIdx.x; j < kHistBins; j += kThreads) total += mass_of(j);
+    total = block_reduce(sh, total, SumU(), sh.ul);
+    if (kb == INT64_MAX) total += pr.unit_beyond[unit];  // no top-k: the tokens after the candidates count too
+    const unsigned long long target =
+        static_cast<unsigned long long>(ceil(static_cast<double>(pr.top_p) * static_cast<double>(total)));
+    unsigned long long above = 0;
+    const int64_t bp = first_bin_reaching(sh, target, mass_of, &above);
+    if (bp != INT64_MAX) {
+      resolve_bin(sh, fs, zs, sub, n, static_cast<int>(bp), zmax, pr,
+                  [&](long long, unsigned long long before) { return above + before < target; });
+      for (int p = threadIdx.x; p < n; p += kThreads)
+        if (zs[p] != -INFINITY && hist_bin(zs[p], zmax, pr.inv_t) > bp) zs[p] = -INFINITY;
+      __syncthreads();
+    }
+  } else if (kb != INT64_MAX) {
+    for (int p = threadIdx.x; p < n; p += kThreads)
+      if (zs[p] != -INFINITY && hist_bin(zs[p], zmax, pr.inv_t) > kb) zs[p] = -INFINITY;
+    __syncthreads();
+  }
+
+  const double* u = pr.uniforms + r.b * (G + 1);
+  const int pos_d = fs.pos_d;
+  const float qx = r.is_draft ? (r.q ? r.q[xd] : 1.f) : 0.f;
+  const UnitOut o = unit_tail(sh, pr, zs, r.q ? qs : nullptr, n, false, zmax, Cut{-1, INT64_MAX}, r.is_draft, pos_d,
+                              qx, r.is_draft ? u[r.i] : 0.0, u[G]);
+  if (threadIdx.x == 0) {
+    pr.unit_token[unit] = o.tok >= 0 && o.tok < n ? ids[o.tok] : -1;
+    pr.unit_accept[unit] = o.accept;
+  }
+}
+
+}  // namespace rapid::spec_cuda
