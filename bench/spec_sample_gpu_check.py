@@ -12,7 +12,7 @@ import torch
 from scipy.stats import chi2
 
 sys.path.insert(0, "python_tests")
-sys.path.insert(0, "bench")
+sys.path.append("bench")  # after python_tests: bench/conftest.py must not shadow python_tests/conftest.py
 from rapid_engine import _ext, ops  # noqa: E402
 from rapid_engine.ops import reference as R  # noqa: E402
 from test_spec_sample import CASES, _inputs  # noqa: E402
@@ -139,6 +139,14 @@ def speed(backend):
                 print(f"{backend} B={B} gamma={G} V={V}: {t * 1e6:.1f} us = {t / floor:.2f}x floor "
                       f"({floor * 1e6:.2f} us), {t_ref / t:.1f}x faster than torch ref ({t_ref * 1e6:.0f} us), "
                       f"accepted {f()[1].float().mean():.2f}")
+    # Where the time goes at the largest shape: per-kernel GPU times.
+    from torch.profiler import ProfilerActivity, profile
+    args = _args(*bench_inputs(8, 10, 152_064, "cuda"))
+    kernel(backend, *args)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            kernel(backend, *args)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=40))
     return rows
 
 
