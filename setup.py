@@ -49,7 +49,7 @@ def _ext_modules():
         macros.append(("RAPID_WITH_CUDA", "1"))
         ext = cpp_extension.CUDAExtension(
             "rapid_engine._C",
-            cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
+            cpu_sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu")),
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx_flags + ["-DRAPID_WITH_CUDA=1"], "nvcc": nvcc_flags},

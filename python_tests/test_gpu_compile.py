@@ -1,6 +1,6 @@
 """CI proof, on a machine without a GPU, that the GPU code builds for sm_80 and sm_90.
 
-(a) every csrc/cuda/*.cu compiles with nvcc against this torch's headers (the CPU wheel ships the
+(a) every csrc/cuda/*.cu compiles with nvcc (and every csrc/cuda/*.cpp with g++) against this torch's headers (the CPU wheel ships the
     ATen/c10 CUDA headers; only c10's generated cuda_cmake_macros.h is missing, hence
     -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE there), and the objects define every rapid::*_cuda launcher
     that csrc/ops.h declares for this part (same mangled names, so a RAPID_BUILD_CUDA=1 build links);
@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = (80, 90)
 CU_SOURCES = sorted(p.name for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+CPP_SOURCES = sorted(p.name for p in (ROOT / "csrc" / "cuda").glob("*.cpp"))  # host-compiled argument checks
 OWN_LAUNCHERS = ("quantize_kv_cuda", "dequantize_kv_cuda", "kv_append_cuda", "verify_attention_cuda")
 
 
@@ -84,7 +85,7 @@ for fmt, dot_fp32 in ((0, True), (1, False), (2, False), (3, False), (4, False),
     sc = SCALE_PTR.get(fmt, KV_PTR[fmt])
     ptrs = dict(q_ptr=q, k_ptr=KV_PTR[fmt], v_ptr=KV_PTR[fmt], ks_ptr=sc, vs_ptr=sc, kz_ptr=sc, vz_ptr=sc,
                 seqlens_ptr="*i32", po_ptr="*fp32", plse_ptr="*fp32")
-    consts = dict(FORMAT=fmt, G=32, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32)
+    consts = dict(FORMAT=fmt, G=32, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32, EVEN_D=True)
     variants.append((f"verify_split[format={fmt}]", va._verify_split_kernel, ptrs, consts, {"num_warps": 4}))
 variants.append(("merge_splits", va._merge_splits_kernel,
                  dict(po_ptr="*fp32", plse_ptr="*fp32", seqlens_ptr="*i32", out_ptr="*bf16"),
@@ -131,6 +132,11 @@ def builds(tmp_path_factory):
             obj = out / (name + ".o")
             procs[name] = (subprocess.Popen(_nvcc_cmd(nvcc, ROOT / "csrc" / "cuda" / name, obj), stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True), obj)
+        for name in CPP_SOURCES:
+            obj = out / (name + ".o")
+            cmd = ["g++", "-std=c++17", "-O1", "-fPIC", "-c", str(ROOT / "csrc" / "cuda" / name), "-o", str(obj),
+                   "-DRAPID_WITH_CUDA=1", "-w"] + _torch_flags()
+            procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), obj)
         # A host TU that takes the address of each launcher as csrc/ops.h declares it: its undefined
         # symbols are the exact names the torch bindings will need from the .cu objects.
         decl = out / "decl.cpp"
@@ -162,7 +168,7 @@ def test_cuda_sources_exist():
     assert {"kv_quant.cu", "verify_attention.cu"} <= set(CU_SOURCES)
 
 
-@pytest.mark.parametrize("src", CU_SOURCES)
+@pytest.mark.parametrize("src", CU_SOURCES + CPP_SOURCES)
 def test_cuda_source_compiles_for_sm80_and_sm90(builds, src):
     if builds["nvcc"] is None:
         pytest.skip("nvcc not found (PATH, /usr/local/bin, $CUDA_HOME/bin)")
@@ -191,6 +197,15 @@ def test_launchers_define_what_ops_h_declares(builds):
         assert rc == 0, f"{src} did not compile"
         defined |= _symbols(obj, "--defined-only")
     assert needed <= defined, f"declared in ops.h but not defined by csrc/cuda: {sorted(needed - defined)}"
+    # the .cu launchers call the host-compiled checks (kv_arg_checks.cpp): those must link too
+    checks_needed = set()
+    for src in CU_SOURCES:
+        checks_needed |= {s for s in _symbols(builds["results"][src][2], "-u") if "cuda_checks" in s}
+    for src in CPP_SOURCES:
+        rc, _, obj = builds["results"][src]
+        assert rc == 0, f"{src} did not compile"
+        defined |= _symbols(obj, "--defined-only")
+    assert checks_needed and checks_needed <= defined, sorted(checks_needed - defined)
 
 
 def test_triton_kernels_compile_for_sm80_and_sm90(builds):

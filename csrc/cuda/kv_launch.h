@@ -1,31 +1,24 @@
-// Launcher-side helpers shared by the CUDA KV launchers (kv_quant.cu, verify_attention.cu):
-// turn the op's string / dtype arguments into the framework-free enums of rapid/kv_quant.cuh.
+// Launcher-side helpers shared by the CUDA KV launchers (kv_quant.cu, verify_attention.cu): the codes
+// returned by the host-compiled checks (kv_arg_checks.h) as the framework-free enums of rapid/kv_quant.cuh.
+// Nothing here throws: arguments reach the .cu files validated.
 #pragma once
 #include <ATen/core/Tensor.h>
 
-#include <string>
-
+#include "kv_arg_checks.h"
 #include "rapid/kv_quant.cuh"
 
 namespace rapid {
 namespace cuda_launch {
 
-inline cuda::KvFormat format_of(const std::string& kv_dtype, const char* op) {
-  cuda::KvFormat f;
-  TORCH_CHECK(cuda::parse_kv_format(kv_dtype, &f), op,
-              ": kv_dtype must be one of fp32, bf16, fp16, int8, int4, fp8, got '", kv_dtype, "'");
-  return f;
-}
+inline cuda::KvFormat format_from_code(int code) { return static_cast<cuda::KvFormat>(code); }
 
-// `what` names the argument in the error, e.g. "verify_attention: q".
-inline cuda::FloatType float_type_of(const at::Tensor& t, const char* what) {
+// float32 / bfloat16 / float16 tensor (checked before) -> FloatType.
+inline cuda::FloatType float_type_unchecked(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return cuda::FloatType::kF32;
     case at::kBFloat16: return cuda::FloatType::kBF16;
     case at::kHalf: return cuda::FloatType::kF16;
-    default: TORCH_CHECK(false, what, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+    default: return cuda::FloatType::kF32;
   }
-  return cuda::FloatType::kF32;
 }
 
 // dtype of the cache's data tensor for each format (README "Layouts and formats").

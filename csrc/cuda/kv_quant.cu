@@ -1,5 +1,5 @@
 // CUDA launchers of the KV cache formats: quantize_kv, kv_append (quantize-on-write), dequantize_kv.
-// Every argument is checked here; the kernels are in csrc/include/rapid/kv_quant.cuh.
+// Arguments are checked first by the host-compiled kv_arg_checks.cpp; kernels: csrc/include/rapid/kv_quant.cuh.
 // Only light ATen/c10 headers: the full <torch/all.h> triples nvcc time per architecture.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -21,12 +21,11 @@ using cuda::FloatType;
 using cuda::KvFormat;
 
 using cuda_launch::data_dtype;
-using cuda_launch::float_type_of;
-using cuda_launch::format_of;
+using cuda_launch::format_from_code;
 
 bool has_scale(KvFormat f) { return f == KvFormat::kInt8 || f == KvFormat::kFp8 || f == KvFormat::kInt4; }
 
-// Shapes of (data, scale, zero) for a logical [B, H, S, D]; empty vector = absent.
+// Shapes of (data, scale, zero) for a logical [B, H, S, D] (arguments already checked).
 std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>> storage_shapes(
     KvFormat f, int64_t B, int64_t H, int64_t S, int64_t D) {
   if (f == KvFormat::kInt4) {
@@ -37,22 +36,9 @@ std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>> sto
   return {{B, H, S, D}, {}, {}};
 }
 
-void check_part(const char* op, const char* name, const at::Tensor& t, const std::vector<int64_t>& shape,
-                at::ScalarType dtype, const at::Device& device) {
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == dtype, op, ": ", name, " must be ",
-              dtype, " ", at::IntArrayRef(shape), ", got ", t.scalar_type(), " ", t.sizes());
-  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but x/data is on ", device);
-  TORCH_CHECK(t.stride(-1) == 1, op, ": ", name, "'s last dimension must be contiguous (stride 1)");
-}
-
 cuda::Strides3 strides3(const at::Tensor& t) {
   if (t.dim() < 3) return {0, 0, 0};
   return {t.stride(0), t.stride(1), t.stride(2)};
-}
-
-void check_head_dim(const char* op, KvFormat f, int64_t D) {
-  TORCH_CHECK(D > 0, op, ": head_dim must be positive, got ", D);
-  TORCH_CHECK(f != KvFormat::kInt4 || D % 16 == 0, op, ": int4 KV needs head_dim to be a multiple of 16, got ", D);
 }
 
 template <KvFormat F>
@@ -69,7 +55,7 @@ void quantize_into(at::Tensor& data, at::Tensor& scale, at::Tensor& zero, const 
   const c10::cuda::CUDAGuard guard(x.device());
   cuda::QuantizeParams p{};
   p.x = x.data_ptr();
-  p.x_type = float_type_of(x, "x");
+  p.x_type = cuda_launch::float_type_unchecked(x);
   p.x_sb = x.stride(0), p.x_sh = x.stride(1), p.x_st = x.stride(2), p.x_sd = x.stride(3);
   p.data = data.data_ptr();
   p.data_s = strides3(data);
@@ -91,22 +77,11 @@ void quantize_into(at::Tensor& data, at::Tensor& scale, at::Tensor& zero, const 
   }
 }
 
-void check_x(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, H, T, D], got ", x.sizes());
-  float_type_of(x, "x");
-  TORCH_CHECK(x.size(0) * x.size(1) * x.size(2) < (int64_t(1) << 31) && x.size(3) < (int64_t(1) << 31), op,
-              ": x is too large (", x.sizes(), ")");
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_kv_cuda(const at::Tensor& x, const std::string& kv_dtype) {
-  const char* op = "quantize_kv";
-  const KvFormat f = format_of(kv_dtype, op);
-  check_x(op, x);
+  const KvFormat f = format_from_code(cuda_checks::check_quantize_kv(x, kv_dtype));
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  check_head_dim(op, f, D);
   auto [dshape, sshape, zshape] = storage_shapes(f, B, H, T, D);
   const auto opts = x.options();
   at::Tensor data = at::empty(dshape, opts.dtype(data_dtype(f)));
@@ -119,41 +94,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_kv_cuda(const at::Tensor
 
 void kv_append_cuda(at::Tensor& data, at::Tensor& scale, at::Tensor& zero, const at::Tensor& x, int64_t start,
                     const std::string& kv_dtype) {
-  const char* op = "kv_append";
-  const KvFormat f = format_of(kv_dtype, op);
-  check_x(op, x);
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  check_head_dim(op, f, D);
-  TORCH_CHECK(data.dim() == 4, op, ": data must be [B, H, S_max, D(/2)], got ", data.sizes());
-  const int64_t s_max = data.size(2);
-  TORCH_CHECK(start >= 0 && start + T <= s_max, op, ": slots [", start, ", ", start + T,
-              ") do not fit a cache of ", s_max, " tokens");
-  auto [dshape, sshape, zshape] = storage_shapes(f, B, H, s_max, D);
-  check_part(op, "data", data, dshape, data_dtype(f), x.device());
-  if (!sshape.empty())
-    check_part(op, "scale", scale, sshape, f == KvFormat::kInt4 ? at::kHalf : at::kFloat, x.device());
-  if (!zshape.empty()) check_part(op, "zero", zero, zshape, at::kHalf, x.device());
+  const KvFormat f = format_from_code(cuda_checks::check_kv_append(data, scale, zero, x, start, kv_dtype));
   quantize_into(data, scale, zero, x, start, f);
 }
 
 at::Tensor dequantize_kv_cuda(const at::Tensor& data, const c10::optional<at::Tensor>& scale,
                               const c10::optional<at::Tensor>& zero, const std::string& kv_dtype, int64_t head_dim) {
-  const char* op = "dequantize_kv";
-  const KvFormat f = format_of(kv_dtype, op);
-  TORCH_CHECK(data.is_cuda(), op, ": data must be a CUDA tensor, got ", data.device());
-  TORCH_CHECK(data.dim() == 4, op, ": data must be [B, H, T, D(/2)], got ", data.sizes());
-  check_head_dim(op, f, head_dim);
+  const KvFormat f = format_from_code(cuda_checks::check_dequantize_kv(data, scale, zero, kv_dtype, head_dim));
   const int64_t B = data.size(0), H = data.size(1), T = data.size(2);
-  auto [dshape, sshape, zshape] = storage_shapes(f, B, H, T, head_dim);
-  check_part(op, "data", data, dshape, data_dtype(f), data.device());
   const bool s_given = scale.has_value() && scale->numel() > 0;
   const bool z_given = zero.has_value() && zero->numel() > 0;
-  TORCH_CHECK(s_given == !sshape.empty(), op, ": scale must be ", sshape.empty() ? "absent" : "given",
-              " for kv_dtype '", kv_dtype, "'");
-  TORCH_CHECK(z_given == !zshape.empty(), op, ": zero must be ", zshape.empty() ? "absent" : "given",
-              " for kv_dtype '", kv_dtype, "'");
-  if (s_given) check_part(op, "scale", *scale, sshape, f == KvFormat::kInt4 ? at::kHalf : at::kFloat, data.device());
-  if (z_given) check_part(op, "zero", *zero, zshape, at::kHalf, data.device());
   at::Tensor out = at::empty({B, H, T, head_dim}, data.options().dtype(at::kFloat));
   const int64_t n = out.numel();
   if (n == 0) return out;

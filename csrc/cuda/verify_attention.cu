@@ -1,10 +1,10 @@
-// CUDA launcher of verify_attention: argument checks, split choice, workspace, dispatch on
-// (KV format, head_dim), then the split kernel and the merge kernel on the current stream.
-// Kernels: csrc/include/rapid/verify_attention.cuh.
+// CUDA launcher of verify_attention: split choice, workspace, dispatch on (KV format, head_dim,
+// q dtype), then the split kernel and the merge kernel on the current stream. Arguments are checked
+// first by the host-compiled kv_arg_checks.cpp (nothing here formats an error message).
+// Kernels: rapid/verify_attention_mma.cuh (tensor cores: bf16/fp16 q, head_dim 64/128) and
+// rapid/verify_attention.cuh (fp32 FMA: fp32 q or other head_dims; the merge kernel).
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/stack.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,7 +13,7 @@
 #include <string>
 
 #include "kv_launch.h"
-#include "rapid/verify_attention.cuh"
+#include "rapid/verify_attention_mma.cuh"
 
 namespace rapid {
 namespace {
@@ -22,8 +22,6 @@ using cuda::FloatType;
 using cuda::KvFormat;
 
 constexpr int kDecodeMaxQueries = 64;  // above: a prefill chunk, one split (row tiles fill the GPU)
-
-using cuda_launch::data_dtype;
 
 int sm_count(int device) {
   int n = 0;
@@ -44,41 +42,43 @@ int choose_split_size(int64_t s_max, int64_t B, int64_t kv_heads, int64_t n_quer
   return (int)split;
 }
 
-void check_kv(const char* name, const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtype,
-              const at::Device& device, int vec_bytes) {
-  TORCH_CHECK(t.sizes() == shape && t.scalar_type() == dtype, "verify_attention: ", name, " must be ", dtype, " ",
-              shape, ", got ", t.scalar_type(), " ", t.sizes());
-  TORCH_CHECK(t.device() == device, "verify_attention: ", name, " is on ", t.device(), " but q is on ", device);
-  TORCH_CHECK(t.stride(-1) == 1, "verify_attention: ", name, "'s last dimension must be contiguous (stride 1)");
-  if (vec_bytes == 0) return;
-  const int64_t es = t.element_size();
-  const bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % vec_bytes == 0 &&
-                       (t.stride(0) * es) % vec_bytes == 0 && (t.stride(1) * es) % vec_bytes == 0 &&
-                       (t.stride(2) * es) % vec_bytes == 0;
-  TORCH_CHECK(aligned, "verify_attention: ", name, " must start on a ", vec_bytes,
-              "-byte boundary with batch/head/token strides that keep every row aligned (vector loads)");
+template <int D>
+void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
+  const int64_t out_rows = (int64_t)B * p.n_query * p.q_heads;
+  const int rows_per_block = 4;
+  cuda::merge_splits_kernel<D><<<(unsigned)((out_rows + rows_per_block - 1) / rows_per_block), 32 * rows_per_block,
+                                  0, stream>>>(p, B);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <KvFormat F, int D, typename MT>
+void launch_mma(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
+  const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
+  const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
+  cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_merge<D>(p, B, stream);
 }
 
 template <KvFormat F, int D>
 void launch(const cuda::VerifyParams& p, int B, cudaStream_t stream, int device) {
+  if constexpr (cuda::mma_head_dim(D) && F != KvFormat::kF32) {  // fp32 KV: the FMA kernel (rare format)
+    if (p.q_type == FloatType::kBF16) return launch_mma<F, D, __nv_bfloat16>(p, B, stream);
+    if (p.q_type == FloatType::kF16) return launch_mma<F, D, __half>(p, B, stream);
+  }
   const int rows_cap = std::min(cuda::kRowsPerBlock, p.rows);
   const size_t smem = sizeof(float) * cuda::smem_floats(D, rows_cap);
   auto kernel = cuda::verify_split_kernel<F, D>;
   if (smem > 48 * 1024) {
     int optin = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    TORCH_CHECK(smem <= (size_t)optin, "verify_attention: head_dim ", D, " needs ", smem,
-                " bytes of shared memory per block, this GPU allows ", optin);
+    TORCH_CHECK(smem <= (size_t)optin, "verify_attention: this head_dim needs more shared memory per block than the GPU allows");
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
   const dim3 grid(p.n_split, (p.rows + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock, B * p.kv_heads);
   kernel<<<grid, cuda::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t out_rows = (int64_t)B * p.n_query * p.q_heads;
-  const int rows_per_block = 4;
-  cuda::merge_splits_kernel<D><<<(unsigned)((out_rows + rows_per_block - 1) / rows_per_block), 32 * rows_per_block,
-                                  0, stream>>>(p, B);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_merge<D>(p, B, stream);
 }
 
 template <KvFormat F>
@@ -89,7 +89,7 @@ void launch_for_dim(const cuda::VerifyParams& p, int D, int B, cudaStream_t stre
     case 96: return launch<F, 96>(p, B, stream, device);
     case 128: return launch<F, 128>(p, B, stream, device);
     case 256: return launch<F, 256>(p, B, stream, device);
-    default: TORCH_CHECK(false, "verify_attention (cuda): head_dim must be 64, 80, 96, 128 or 256, got ", D);
+    default: TORCH_CHECK(false, "verify_attention (cuda): unsupported head_dim");  // checked before
   }
 }
 
@@ -101,63 +101,19 @@ at::Tensor verify_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
                                  const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& k_zero,
                                  const c10::optional<at::Tensor>& v_scale, const c10::optional<at::Tensor>& v_zero,
                                  const at::Tensor& seqlens, const std::string& kv_dtype, double sm_scale) {
-  const KvFormat f = cuda_launch::format_of(kv_dtype, "verify_attention");
-  TORCH_CHECK(q.is_cuda(), "verify_attention: q must be a CUDA tensor, got ", q.device());
-  TORCH_CHECK(q.dim() == 4, "verify_attention: q must be [B, n_query, q_heads, D], got ", q.sizes());
-  const FloatType q_type = cuda_launch::float_type_of(q, "verify_attention: q");
-  TORCH_CHECK(q.stride(3) == 1, "verify_attention: q's last dimension must be contiguous (stride 1)");
-  const int64_t B = q.size(0), nq = q.size(1), qh = q.size(2), D = q.size(3);
-  TORCH_CHECK(k.dim() == 4 && v.dim() == 4, "verify_attention: k and v must be [B, kv_heads, S_max, D(/2)], got ",
-              k.sizes(), " and ", v.sizes());
-  const int64_t kvh = k.size(1), s_max = k.size(2);
-  TORCH_CHECK(kvh > 0 && qh % kvh == 0, "verify_attention: q_heads (", qh, ") must be a multiple of kv_heads (",
-              kvh, ")");
-  TORCH_CHECK(D == 64 || D == 80 || D == 96 || D == 128 || D == 256,
-              "verify_attention (cuda): head_dim must be 64, 80, 96, 128 or 256, got ", D);
-  TORCH_CHECK(f != KvFormat::kInt4 || D % 16 == 0, "verify_attention: int4 KV needs head_dim % 16 == 0, got ", D);
-  const int vec = cuda::vector_bytes(f, (int)D);
-  const int64_t data_d = f == KvFormat::kInt4 ? D / 2 : D;
-  check_kv("k", k, {B, kvh, s_max, data_d}, data_dtype(f), q.device(), vec);
-  check_kv("v", v, {B, kvh, s_max, data_d}, data_dtype(f), q.device(), vec);
+  // Values of seqlens: one host sync, skipped while a CUDA graph is being captured (the kernels
+  // clamp to [0, S_max] either way, so a bad value can never read out of bounds).
+  const bool capturing = q.is_cuda() && c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  const cuda_checks::VerifyArgs a = cuda_checks::check_verify_attention(
+      q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype, !capturing, 65535LL * cuda::kRowsPerBlock);
+  const KvFormat f = cuda_launch::format_from_code(a.format);
+  const FloatType q_type = static_cast<FloatType>(a.q_type);
+  const int64_t B = a.B, nq = a.n_query, qh = a.q_heads, D = a.head_dim, kvh = a.kv_heads, s_max = a.s_max;
   const bool scaled = f == KvFormat::kInt8 || f == KvFormat::kFp8 || f == KvFormat::kInt4;
-  auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->numel() > 0; };
-  TORCH_CHECK(given(k_scale) == scaled && given(v_scale) == scaled, "verify_attention: k_scale and v_scale must be ",
-              scaled ? "given" : "absent", " for kv_dtype '", kv_dtype, "'");
-  TORCH_CHECK(given(k_zero) == (f == KvFormat::kInt4) && given(v_zero) == (f == KvFormat::kInt4),
-              "verify_attention: k_zero and v_zero must be ", f == KvFormat::kInt4 ? "given" : "absent",
-              " for kv_dtype '", kv_dtype, "'");
-  if (f == KvFormat::kInt4) {
-    const int64_t ng = D / cuda::int4_group((int)D);
-    check_kv("k_scale", *k_scale, {B, kvh, s_max, ng}, at::kHalf, q.device(), 0);
-    check_kv("v_scale", *v_scale, {B, kvh, s_max, ng}, at::kHalf, q.device(), 0);
-    check_kv("k_zero", *k_zero, {B, kvh, s_max, ng}, at::kHalf, q.device(), 0);
-    check_kv("v_zero", *v_zero, {B, kvh, s_max, ng}, at::kHalf, q.device(), 0);
-    TORCH_CHECK(k_zero->strides() == k_scale->strides() && v_zero->strides() == v_scale->strides(),
-                "verify_attention: k_zero/v_zero must have the same strides as k_scale/v_scale");
-  } else if (scaled) {
-    check_kv("k_scale", *k_scale, {B, kvh, s_max}, at::kFloat, q.device(), 0);
-    check_kv("v_scale", *v_scale, {B, kvh, s_max}, at::kFloat, q.device(), 0);
-  }
-  TORCH_CHECK(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == B,
-              "verify_attention: seqlens must be int32 [", B, "], got ", seqlens.scalar_type(), " ", seqlens.sizes());
-  TORCH_CHECK(seqlens.device() == q.device(), "verify_attention: seqlens is on ", seqlens.device(), " but q is on ",
-              q.device());
-  TORCH_CHECK(s_max < (int64_t(1) << 30) && nq * (qh / kvh) <= 65535LL * cuda::kRowsPerBlock && B * kvh <= 65535,
-              "verify_attention: sizes out of range for the CUDA kernel (S_max < 2^30, n_query * group <= 4M, "
-              "B * kv_heads <= 65535)");
 
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty({B, nq, qh, D}, q.options());
   if (out.numel() == 0) return out;
-  // Values of seqlens: one host sync, skipped while a CUDA graph is being captured (the kernels
-  // clamp to [0, S_max] either way, so a bad value can never read out of bounds).
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None) {
-    auto [lo_t, hi_t] = at::aminmax(seqlens);
-    const at::Tensor lohi = at::stack({lo_t, hi_t}).cpu();
-    const int lo = lohi[0].item<int>(), hi = lohi[1].item<int>();
-    TORCH_CHECK(lo >= nq && hi <= s_max, "verify_attention: seqlens must lie in [n_query=", nq, ", S_max=", s_max,
-                "], got values in [", lo, ", ", hi, "]");
-  }
 
   const int device = q.device().index();
   const int64_t rows = nq * (qh / kvh);

@@ -261,7 +261,25 @@ __global__ void merge_splits_kernel(VerifyParams p, int B) {
   float acc[NJ], wsum = 0.f;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) acc[j] = 0.f;
-  for (int s = 0; s < n_used; ++s) {
+  // kU splits' loads in flight at once; the sums still run in split order (deterministic).
+  constexpr int kU = 4;
+  int s = 0;
+  for (; s + kU <= n_used; s += kU) {
+    float w[kU], x[kU][NJ];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      w[u] = exp2f(p.part_lse[base + s + u] - mx);
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) x[u][j] = lane + 32 * j < D ? p.part_out[(base + s + u) * D + lane + 32 * j] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      wsum += w[u];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) acc[j] += w[u] * x[u][j];
+    }
+  }
+  for (; s < n_used; ++s) {
     const float w = exp2f(p.part_lse[base + s] - mx);
     wsum += w;
 #pragma unroll

@@ -1,0 +1,298 @@
+// Verification attention on tensor cores (bf16 / fp16 queries, head_dim 64 or 128): split-KV
+// flash-decoding where Q.K^T and P.V are mma.sync.m16n8k16 with fp32 accumulation.
+//
+// Grid (m_tiles * n_split, 1, batch * kv_head), 4 warps. A block owns one m16 tile of the packed
+// n_query x group rows of one KV head (row r = query r / group, q head kv_head * group + r % group)
+// and one split of keys; warp w takes the 16-key steps w, w + 4, ... of the split, keeps its own
+// online softmax state in registers, and the 4 warps merge through shared memory at the end. No
+// __syncthreads in the key loop: each warp streams K and V straight from global memory into
+// mma fragments (16-byte loads, dequantized in registers), several loads in flight per thread.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
+//   A 16x16: reg0 (row g, k 2t..2t+1), reg1 (row g+8, same k), reg2 (row g, k 2t+8..), reg3 (row g+8, ..)
+//   B 16x8:  reg0 (k 2t..2t+1, col g), reg1 (k 2t+8..2t+9, col g)
+//   C 16x8:  c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8, same cols)
+// A sum over d does not care about the order of d, so for Q.K^T each thread feeds the mma the
+// elements of its key row that it loads contiguously: thread t owns the 16-byte vectors t, t+4, ...
+// of the row, and the k index (step j, position 4j..4j+3 of the thread's elements) maps to the same
+// d in Q's A fragment. For P.V the output columns are permuted the same way (thread g owns vectors
+// g, g+8, ... of each V row; n-tile nt = the thread's element nt) and unpermuted on the way out.
+// The C fragment of S (two n8 tiles = 16 keys) is the A fragment of P, FlashAttention-2 style.
+#pragma once
+#include <cstring>
+#include <type_traits>
+
+#include "rapid/verify_attention.cuh"
+
+namespace rapid {
+namespace cuda {
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaRows = 16;  // one m16 tile per block
+constexpr int kMmaKeys = 16;  // keys per warp step: two n8 tiles of S = one k16 step of P.V
+
+__host__ __device__ constexpr bool mma_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+template <typename MT>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same<MT, __nv_bfloat16>::value) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    memcpy(&r, &v, 4);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    memcpy(&r, &v, 4);
+  }
+  return r;
+}
+
+// c += a * b, 16x8x16, fp32 accumulators.
+template <typename MT>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same<MT, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <> struct VecType<4> { using T = uint32_t; };
+
+// How one thread reads its share of a key row: vectors of VB bytes holding EV values each;
+// `lanes` threads share a row (4 for K, 8 for V), so each thread reads NV = D / (lanes * EV) vectors.
+template <KvFormat F, int D, int kLanes>
+struct RowSplit {
+  static constexpr int VB = row_bytes(F, D) / kLanes < 16 ? row_bytes(F, D) / kLanes : 16;
+  static constexpr int EV = F == KvFormat::kInt4 ? 2 * VB : VB / (int)sizeof(typename KvStorage<F>::T);
+  static constexpr int NV = D / (kLanes * EV);
+  static constexpr int kValues = NV * EV;  // = D / kLanes
+  // d of the thread's value e (thread index `who` among the row's lanes)
+  __device__ static constexpr int dim(int who, int e) { return (kLanes * (e / EV) + who) * EV + e % EV; }
+  static_assert(NV * kLanes * EV == D && EV % 4 == 0, "head_dim must split evenly into vectors");
+};
+
+// int8 / int4 codes to fp32 without the slow integer convert: 2^23 + c has c in its low mantissa bits.
+__device__ __forceinline__ float small_uint_to_float(uint32_t c) { return __uint_as_float(0x4B000000u | c) - 8388608.f; }
+
+// The EV values of one vector of a key row, dequantized to fp32 (e0 = the vector's first d).
+template <KvFormat F, int D, int VB>
+__device__ __forceinline__ void dequant_vec(const typename VecType<VB>::T& raw, int e0, const void* scale_row,
+                                            const void* zero_row, float* dst) {
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&raw);
+  if constexpr (F == KvFormat::kInt8) {
+    const float s = *static_cast<const float*>(scale_row);
+#pragma unroll
+    for (int i = 0; i < VB; ++i) dst[i] = (small_uint_to_float(bytes[i] ^ 0x80u) - 128.f) * s;
+  } else if constexpr (F == KvFormat::kInt4) {  // one group of G >= EV values covers the whole vector
+    const int grp = e0 / int4_group(D);
+    const float s = __half2float(static_cast<const __half*>(scale_row)[grp]);
+    const float z = __half2float(static_cast<const __half*>(zero_row)[grp]);
+#pragma unroll
+    for (int i = 0; i < VB; ++i) {
+      dst[2 * i] = fmaf(small_uint_to_float(bytes[i] & 0xFu), s, z);
+      dst[2 * i + 1] = fmaf(small_uint_to_float(bytes[i] >> 4), s, z);
+    }
+  } else {
+    dequant_vector<F, D, VB>(raw, e0, scale_row, zero_row, dst);
+  }
+}
+
+// Scale / zero rows of key `key` (nullptr for plain formats).
+template <KvFormat F>
+__device__ __forceinline__ void scale_rows(const VerifyParams& p, bool is_v, int b, int h, int key, const void** srow,
+                                           const void** zrow) {
+  const Strides3& ss = is_v ? p.vs_s : p.ks_s;
+  const int64_t soff = b * ss.b + h * ss.h + (int64_t)key * ss.t;
+  if constexpr (F == KvFormat::kInt8 || F == KvFormat::kFp8) {
+    *srow = static_cast<const float*>(is_v ? p.v_scale : p.k_scale) + soff;
+  } else if constexpr (F == KvFormat::kInt4) {
+    *srow = static_cast<const __half*>(is_v ? p.v_scale : p.k_scale) + soff;
+    *zrow = static_cast<const __half*>(is_v ? p.v_zero : p.k_zero) + soff;
+  }
+}
+
+// The thread's D / kLanes values of one key row, in its element order, as MT pairs (pairs[i] holds
+// elements 2i, 2i+1). bf16 KV with bf16 queries (fp16 with fp16) passes the raw bits through.
+template <KvFormat F, int D, typename MT, int kLanes>
+__device__ __forceinline__ void load_row_pairs(const VerifyParams& p, bool is_v, int b, int h, int key, int who,
+                                               uint32_t (&pairs)[D / kLanes / 2]) {
+  using RS = RowSplit<F, D, kLanes>;
+  using V = typename VecType<RS::VB>::T;
+  using T = typename KvStorage<F>::T;
+  const Strides3& ds = is_v ? p.v_s : p.k_s;
+  const unsigned char* row = reinterpret_cast<const unsigned char*>(
+      static_cast<const T*>(is_v ? p.v : p.k) + b * ds.b + h * ds.h + (int64_t)key * ds.t);
+  const void* srow = nullptr;
+  const void* zrow = nullptr;
+  scale_rows<F>(p, is_v, b, h, key, &srow, &zrow);
+  V raw[RS::NV];
+#pragma unroll
+  for (int i = 0; i < RS::NV; ++i)  // every load issued before any use
+    raw[i] = *reinterpret_cast<const V*>(row + (kLanes * i + who) * RS::VB);
+  constexpr bool kRaw = (F == KvFormat::kBF16 && std::is_same<MT, __nv_bfloat16>::value) ||
+                        (F == KvFormat::kF16 && std::is_same<MT, __half>::value);
+#pragma unroll
+  for (int i = 0; i < RS::NV; ++i) {
+    if constexpr (kRaw) {
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(&raw[i]);
+#pragma unroll
+      for (int j = 0; j < RS::EV / 2; ++j) pairs[i * RS::EV / 2 + j] = w[j];
+    } else {
+      float f[RS::EV];
+      dequant_vec<F, D, RS::VB>(raw[i], RS::dim(who, i * RS::EV), srow, zrow, f);
+#pragma unroll
+      for (int j = 0; j < RS::EV / 2; ++j) pairs[i * RS::EV / 2 + j] = pack2<MT>(f[2 * j], f[2 * j + 1]);
+    }
+  }
+}
+
+// 16-bit half `hi` (0 or 1) of two words -> one MT pair (lo from a, hi from b).
+__device__ __forceinline__ uint32_t pair_of_halves(uint32_t a, uint32_t b, int hi) {
+  return __byte_perm(a, b, hi ? 0x7632 : 0x5410);
+}
+
+template <KvFormat F, int D, typename MT>
+__global__ void __launch_bounds__(kMmaThreads) verify_mma_kernel(VerifyParams p) {
+  using KS = RowSplit<F, D, 4>;  // K rows: 4 threads (t) per key
+  using VS = RowSplit<F, D, 8>;  // V rows: 8 threads (g) per key
+  constexpr int kSteps = D / 16;  // k16 steps of Q.K^T
+  constexpr int kNt = D / 8;      // n8 tiles of P.V
+  __shared__ float o_s[kMmaWarps][kMmaRows][D];
+  __shared__ float m_s[kMmaWarps][kMmaRows];
+  __shared__ float l_s[kMmaWarps][kMmaRows];
+
+  const int n_mt = (p.rows + kMmaRows - 1) / kMmaRows;
+  const int mt = blockIdx.x % n_mt, split = blockIdx.x / n_mt;
+  const int b = blockIdx.z / p.kv_heads, h = blockIdx.z % p.kv_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int row0 = mt * kMmaRows;
+  const int rows_here = min(kMmaRows, p.rows - row0);
+  const int kv_len = max(0, min(p.seqlens[b], p.s_max));  // launcher checks; clamp so nothing reads past S_max
+  const int lo = split * p.split_size;
+  const int split_end = min(lo + p.split_size, kv_len);
+  const int hi = min(split_end, kv_len - p.n_query + (row0 + rows_here - 1) / p.group + 1);
+  if (lo >= hi) return;  // block-uniform: no row of this tile sees a key of this split (the merge skips it)
+
+  // This thread's two rows (g, g + 8): last visible key (-1 = padding row) and Q as A fragments.
+  int limit[2];
+  uint32_t qa[kSteps][4];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = row0 + g + 8 * rr;
+    const bool ok = g + 8 * rr < rows_here;
+    limit[rr] = ok ? kv_len - p.n_query + r / p.group : -1;
+    const int64_t qoff = ok ? b * p.q_sb + (r / p.group) * p.q_sn + (h * p.group + r % p.group) * p.q_sh : 0;
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {
+      const int d0 = KS::dim(t, 4 * j);  // the thread's K values 4j .. 4j+3 are d0 .. d0+3
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] = ok ? load_float(p.q, qoff + d0 + e, p.q_type) : 0.f;
+      qa[j][rr] = pack2<MT>(x[0], x[1]);      // reg0 / reg1: k 2t, 2t+1
+      qa[j][2 + rr] = pack2<MT>(x[2], x[3]);  // reg2 / reg3: k 2t+8, 2t+9
+    }
+  }
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float oacc[kNt][4];
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) oacc[nt][0] = oacc[nt][1] = oacc[nt][2] = oacc[nt][3] = 0.f;
+
+  for (int tile = lo + kMmaKeys * warp; tile < hi; tile += kMmaKeys * kMmaWarps) {
+    // Keys past `hi` read key hi - 1 instead (in bounds) and are masked out below.
+    uint32_t kp[2][D / 8];  // keys tile + g and tile + 8 + g, this thread's quarter of each row
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) load_row_pairs<F, D, MT, 4>(p, false, b, h, min(tile + 8 * nt + g, hi - 1), t, kp[nt]);
+    uint32_t vp[4][D / 16];  // keys tile + {2t, 2t+1, 2t+8, 2t+9}, this thread's eighth of each row
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      load_row_pairs<F, D, MT, 8>(p, true, b, h, min(tile + 2 * t + (c & 1) + 8 * (c >> 1), hi - 1), g, vp[c]);
+
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) mma16816<MT>(s[nt], qa[j], kp[nt][2 * j], kp[nt][2 * j + 1]);
+    }
+    // Online softmax in the log2 domain; rows g (c = 0, 1) and g + 8 (c = 2, 3).
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int key = tile + 8 * nt + 2 * t + c;
+          const bool visible = key < split_end && key <= limit[rr];
+          s[nt][2 * rr + c] = visible ? s[nt][2 * rr + c] * p.qk_scale_log2 : -INFINITY;
+          mx = fmaxf(mx, s[nt][2 * rr + c]);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[rr], mx);
+      const float m_safe = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet in this row
+      const float alpha = exp2f(m[rr] - m_safe);
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          s[nt][2 * rr + c] = exp2f(s[nt][2 * rr + c] - m_safe);
+          sum += s[nt][2 * rr + c];
+        }
+      l[rr] = l[rr] * alpha + sum;  // partial over this thread's columns; reduced once at the end
+      m[rr] = m_new;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) oacc[nt][2 * rr] *= alpha, oacc[nt][2 * rr + 1] *= alpha;
+    }
+    const uint32_t pa[4] = {pack2<MT>(s[0][0], s[0][1]), pack2<MT>(s[0][2], s[0][3]), pack2<MT>(s[1][0], s[1][1]),
+                            pack2<MT>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {  // B: (key 2t, 2t+1 | 2t+8, 2t+9) x value nt of the thread's V share
+      const int w = nt / 2, hi16 = nt % 2;
+      mma16816<MT>(oacc[nt], pa, pair_of_halves(vp[0][w], vp[1][w], hi16), pair_of_halves(vp[2][w], vp[3][w], hi16));
+    }
+  }
+
+  // Merge the 4 warps of the block (fixed order) and write this split's normalized partial.
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+    if (t == 0) m_s[warp][g + 8 * rr] = m[rr], l_s[warp][g + 8 * rr] = l[rr];
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) o_s[warp][g + 8 * rr][VS::dim(2 * t + c, nt)] = oacc[nt][2 * rr + c];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < rows_here * D; i += kMmaThreads) {
+    const int rr = i / D, d = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) mx = fmaxf(mx, m_s[w][rr]);
+    float lsum = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) {
+      const float wt = m_s[w][rr] == -INFINITY ? 0.f : exp2f(m_s[w][rr] - mx);
+      lsum += l_s[w][rr] * wt;
+      acc += o_s[w][rr][d] * wt;
+    }
+    const int64_t base = (((int64_t)b * p.kv_heads + h) * p.rows + row0 + rr) * p.n_split + split;
+    p.part_out[base * D + d] = lsum > 0.f ? acc / lsum : 0.f;
+    if (d == 0) p.part_lse[base] = lsum > 0.f ? mx + log2f(lsum) : -INFINITY;
+  }
+}
+
+}  // namespace cuda
+}  // namespace rapid
