@@ -140,6 +140,24 @@ def test_odd_shapes(backend, B, nq, q_heads, kv_heads, S, D, kv_dtype):
                           split_size=128)
 
 
+# bf16 / fp16 queries take the CUDA tensor-core kernel (head_dim 64 / 128); on a GPU prove it on real
+# model shapes, long caches with many splits, causal edges inside a warp's key step and prefill chunks.
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU shapes (the interpreter covers Triton on small ones)")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B, nq, q_heads, kv_heads, S, D, kv_dtype", [
+    (1, 1, 32, 8, 4133, 128, "int4"),    # Llama heads, decode, 4 rows of 16 in the m tile
+    (1, 11, 32, 8, 2000, 128, "int8"),   # 44 rows: three m tiles
+    (2, 4, 9, 3, 777, 64, "bf16"),       # SmolLM2 heads, group 3
+    (1, 16, 8, 1, 300, 128, "fp16"),     # group 8, 128 rows
+    (3, 2, 14, 2, 513, 64, "int4"),      # group 7, different seqlens per sequence
+    (1, 5, 4, 4, 1025, 128, "fp8"),      # group 1
+    (1, 80, 4, 2, 200, 128, "bf16"),     # prefill chunk: one split, causal skipping
+])
+def test_gpu_model_shapes(backend, q_dtype, B, nq, q_heads, kv_heads, S, D, kv_dtype):
+    _check_against_oracle(backend, _case(B, nq, q_heads, kv_heads, S, D, kv_dtype, q_dtype, seed=S))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_automatic_split_choice(backend):
     _check_against_oracle(backend, _case(2, 4, 4, 2, 1025, 64, "int8", torch.bfloat16))
@@ -161,9 +179,10 @@ def test_noncontiguous_q_and_strided_cache(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_query_rows_do_not_depend_on_n_query(backend):
+@pytest.mark.parametrize("q_dtype", [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else []))
+def test_query_rows_do_not_depend_on_n_query(backend, q_dtype):
     """Fixed split boundaries: query i of an n_query=4 call equals a 1-query call at its position, bit for bit."""
-    args = list(_case(2, 4, 8, 2, 300, 64, "int8", torch.float32))
+    args = list(_case(2, 4, 8, 2, 300, 64, "int8", q_dtype))
     seqlens = args[7]
     full = _attend(backend, *args, split_size=128)
     for i in range(4):

@@ -13,7 +13,7 @@ their row tiles already fill the GPU, FlashAttention style, and skip key tiles a
 """
 from __future__ import annotations
 
-import math
+import functools
 from typing import Optional
 
 import torch
@@ -44,22 +44,27 @@ def _e4m3_to_f32(bits):
 
 @triton.jit
 def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
-                  FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                  FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  EVEN_D: tl.constexpr):
     """Dequantized fp32 tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where
-    n_ok is false or the column is >= D."""
+    n_ok is false or the column is >= D. EVEN_D (D == BLOCK_D): no column mask, so the compiler can
+    prove whole rows and use 16-byte loads."""
     rows = n[:, None].to(tl.int64)
     d = tl.arange(0, BLOCK_D)
-    mask = n_ok[:, None] & (d[None, :] < D)
+    if EVEN_D:
+        mask = n_ok[:, None]  # constant along the row: vectorizable
+    else:
+        mask = n_ok[:, None] & (d[None, :] < D)
     if FORMAT < 3:
         x = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
     elif FORMAT == 4:
         # packed bytes [BLOCK_N, BLOCK_D/2] -> interleave(low, high) nibbles = value order 2j, 2j+1
         j = tl.arange(0, BLOCK_D // 2)
-        byte = tl.load(data_ptr + rows * sd_s + j[None, :], mask=n_ok[:, None] & (2 * j[None, :] < D),
-                       other=0).to(tl.int32)
+        jmask = n_ok[:, None] if EVEN_D else n_ok[:, None] & (2 * j[None, :] < D)
+        byte = tl.load(data_ptr + rows * sd_s + j[None, :], mask=jmask, other=0).to(tl.int32)
         code = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)  # [BLOCK_N, BLOCK_D]
         g = tl.arange(0, BLOCK_D // G)
-        gmask = n_ok[:, None] & (g[None, :] * G < D)
+        gmask = n_ok[:, None] if EVEN_D else n_ok[:, None] & (g[None, :] * G < D)
         s = tl.load(scale_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)  # [BLOCK_N, NG]
         z = tl.load(zero_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)
         grouped = tl.reshape(code, (BLOCK_N, BLOCK_D // G, G)) * s[:, :, None] + z[:, :, None]
@@ -82,7 +87,7 @@ def _verify_split_kernel(
     sqb, sqn, sqh, skb, skh, sks, svb, svh, svs,
     sksb, sksh, skss, svsb, svsh, svss,
     FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     pid_split = tl.program_id(0)
     pid_rt = tl.program_id(1)
@@ -122,7 +127,7 @@ def _verify_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < hi
-        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D)
+        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D)
         if DOT_FP32:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -135,7 +140,7 @@ def _verify_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D)
+        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D)
         if DOT_FP32:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         else:
@@ -178,16 +183,30 @@ def _merge_splits_kernel(
              out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def choose_split_size(s_max: int, batch: int, kv_heads: int, n_query: int, device: torch.device) -> int:
     """Keys per split: a power-of-two multiple of 256 giving about 4 programs per SM. Depends on
     (S_max, B, kv_heads, device) only, so decode results do not change with n_query."""
     if n_query > _DECODE_MAX_QUERIES:
         return max(256, triton.next_power_of_2(s_max))
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    n_sm = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 4
     split = 256
     while split < s_max and batch * kv_heads * triton.cdiv(s_max, split) > 4 * n_sm:
         split *= 2
     return split
+
+
+def decode_config(kv_dtype: str, head_dim: int) -> tuple:
+    """(BLOCK_N, num_warps, num_stages) of the split kernel on a GPU. Independent of n_query and
+    seqlens, so a row's result does not depend on the other rows of the call."""
+    if kv_dtype == "int4":
+        return 64, 4, 3
+    return 64, 4, 3
 
 
 def _err(msg: str):
@@ -230,16 +249,22 @@ def _check_args(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype):
             _err(f"{zname} must have the same strides as {sname}, got {z.stride()} and {sc.stride()}")
     if seqlens.dtype != torch.int32 or tuple(seqlens.shape) != (B,) or seqlens.device != q.device:
         _err(f"seqlens must be int32 [{B}] on {q.device}, got {seqlens.dtype} {tuple(seqlens.shape)} on {seqlens.device}")
-    if B and (int(seqlens.min()) < nq or int(seqlens.max()) > s_max):
-        _err(f"seqlens must lie in [n_query={nq}, S_max={s_max}], got [{int(seqlens.min())}, {int(seqlens.max())}]")
+    # Values: one device-to-host copy; skipped while a CUDA graph is captured (the kernel clamps
+    # seqlens to [0, S_max], so a bad value never reads out of bounds).
+    if B and not (seqlens.is_cuda and torch.cuda.is_current_stream_capturing()):
+        lo, hi = torch.stack(torch.aminmax(seqlens)).tolist()
+        if lo < nq or hi > s_max:
+            _err(f"seqlens must lie in [n_query={nq}, S_max={s_max}], got [{lo}, {hi}]")
 
 
 def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: Optional[torch.Tensor],
                             k_zero: Optional[torch.Tensor], v_scale: Optional[torch.Tensor],
                             v_zero: Optional[torch.Tensor], seqlens: torch.Tensor, kv_dtype: str,
-                            sm_scale: float, *, split_size: Optional[int] = None) -> torch.Tensor:
+                            sm_scale: float, *, split_size: Optional[int] = None,
+                            config: Optional[tuple] = None) -> torch.Tensor:
     """Same arguments as torch.ops.rapid.verify_attention; returns [B, n_query, q_heads, D] in q's dtype.
-    `split_size` (a multiple of 64) overrides the automatic choice (tests use it to force many splits)."""
+    `split_size` (a multiple of 64) overrides the automatic choice (tests use it to force many splits);
+    `config` = (BLOCK_N, num_warps, num_stages) overrides decode_config (benchmark sweeps)."""
     _check_args(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype)
     B, nq, qh, D = q.shape
     kvh, s_max = k.shape[1], k.shape[2]
@@ -254,7 +279,7 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         _err(f"split_size must be a multiple of 64, got {split}")
     nsplit = triton.cdiv(s_max, split)
     block_r = min(64, max(16, triton.next_power_of_2(R)))
-    block_n = 16 if interp else 64
+    block_n, num_warps, num_stages = config or ((16, 4, 1) if interp else decode_config(kv_dtype, D))
     block_d = max(16, triton.next_power_of_2(D))
     fmt = FORMAT_CODE[kv_dtype]
     # fp8 is read as raw bytes and decoded in registers (same code on sm_80, sm_90 and the interpreter)
@@ -273,8 +298,8 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         float(sm_scale) * _LOG2E, s_max, nq, group, kvh, R, split, nsplit, D,
         q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3], *v.stride()[:3], *sstride(ks), *sstride(vs),
         FORMAT=fmt, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d,
-        DOT_FP32=interp or q.dtype == torch.float32,
-        **({} if interp else {"num_warps": 4, "num_stages": 2}))
+        DOT_FP32=interp or q.dtype == torch.float32, EVEN_D=block_d == D,
+        **({} if interp else {"num_warps": num_warps, "num_stages": num_stages}))
     _merge_splits_kernel[(B * nq * qh,)](
         po, plse, seqlens, out, s_max, nq, qh, group, R, split, nsplit, D, *out.stride()[:3],
         BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_D=block_d)
