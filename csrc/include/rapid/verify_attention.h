@@ -368,6 +368,7 @@ struct Vec {
   }
 };
 #include "rapid/verify_attention_core.inc"
+#include "rapid/verify_attention_direct.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 #endif  // RAPID_X86
@@ -375,7 +376,7 @@ struct Vec {
 template <KvFormat F>
 inline SplitFn split_fn_for(Isa isa) {
 #if RAPID_X86
-  if (isa == Isa::kAvx512) return &avx512::attend_split<F>;
+  if (isa == Isa::kAvx512) return &avx512::attend_split_fast<F>;
   if (isa == Isa::kAvx2) return &avx2::attend_split<F>;
 #endif
   (void)isa;
@@ -444,25 +445,32 @@ inline void run(const Params& p, Isa isa) {
   if (nsplit > 1 && partial_bytes <= max_partial_bytes()) {
     // Decode/verify schedule: tasks over (b, h, split) -> partials -> ordered merge per row.
     const int64_t T = BH * nsplit;
-    std::vector<float> pm(T * R), pl(T * R), pacc(T * R * Dp);
+    // Grow-only per-caller buffers: a fresh multi-MB vector per call is fresh mmap'd pages, and the page
+    // faults cost as much as a small decode step.
+    thread_local std::vector<float> pm_buf, pl_buf, pacc_buf;
+    for (auto* b : {&pm_buf, &pl_buf}) if (b->size() < size_t(T * R)) b->resize(T * R);
+    if (pacc_buf.size() < size_t(T * R * Dp)) pacc_buf.resize(T * R * Dp);
+    float *pm = pm_buf.data(), *pl = pl_buf.data(), *pacc = pacc_buf.data();
 #pragma omp parallel
     {
       Scratch sc(R, Dp);
       std::vector<float> rows(static_cast<size_t>(R) * Dp);
       std::vector<int64_t> nkeys(R);
       int64_t rows_of = -1;
-#pragma omp for schedule(dynamic, 1)
+      // Contiguous runs of splits per thread (guided): a thread streams one head's K and V in order, so
+      // its software prefetch past a split's end lands in the split it takes next.
+#pragma omp for schedule(guided)
       for (int64_t task = 0; task < T; ++task) {
         const int64_t bh = task / nsplit, b = bh / p.kv_heads, h = bh % p.kv_heads;
         const int64_t s0 = (task % nsplit) * kSplit, s1 = std::min<int64_t>(p.seqlens[b], s0 + kSplit);
-        float* m = pm.data() + task * R;
+        float* m = pm + task * R;
         if (s0 >= s1) {
           std::fill(m, m + R, -std::numeric_limits<float>::infinity());
           continue;
         }
         if (rows_of != bh) prepare_rows(p, b, h, 0, R, Dp, rows.data(), nkeys.data()), rows_of = bh;
         attend(rows.data(), R, nkeys.data(), kv_head(p.k, b, h, p.seqlens[b]), kv_head(p.v, b, h, p.seqlens[b]), s0,
-               s1, static_cast<int>(p.D), Dp, &sc, m, pl.data() + task * R, pacc.data() + task * R * Dp);
+               s1, static_cast<int>(p.D), Dp, &sc, m, pl + task * R, pacc + task * R * Dp);
       }
     }
 #pragma omp parallel
@@ -475,7 +483,7 @@ inline void run(const Params& p, Isa isa) {
         std::fill(O.begin(), O.end(), 0.f);
         for (int64_t s = 0; s < nsplit; ++s) {
           const int64_t task = bh * nsplit + s;
-          fold_split(&M, &L, O.data(), pm[task * R + r], pl[task * R + r], pacc.data() + (task * R + r) * Dp, Dp);
+          fold_split(&M, &L, O.data(), pm[task * R + r], pl[task * R + r], pacc + (task * R + r) * Dp, Dp);
         }
         write_rows(p, bh / p.kv_heads, bh % p.kv_heads, static_cast<int>(r), 1, Dp, &L, O.data());
       }
