@@ -214,6 +214,15 @@ def test_bad_input_is_a_clear_error(backend):
     call(8, "int3", "kv_dtype")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_seqlens_is_a_clear_error(backend):
+    """The kernels index seqlens[b] directly: a strided view is refused, not misread."""
+    args = list(_case(2, 1, 4, 2, 32, 64, "int8", torch.float32))
+    args[7] = torch.tensor([32, 0, 30, 0], dtype=torch.int32, device=DEVICE)[::2]
+    with pytest.raises(ValueError if backend == "triton" else RuntimeError, match="seqlens must be contiguous"):
+        _attend(backend, *args)
+
+
 def test_public_api_dispatches_to_triton():
     """rapid_engine.ops.verify_attention(backend='triton') runs this module's kernel."""
     from rapid_engine.ops.attention import verify_attention

@@ -21,7 +21,7 @@ step() {
 python3 -c "import torch, triton, rapid_engine; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, rapid_engine.backends())" 2>&1 | tee -a "$LOG"
 XDIST=""
 python3 -c "import xdist" 2>/dev/null && XDIST="-n 8"
-step 50 python3 -m pytest -q -p no:cacheprovider $XDIST --maxfail=40 python_tests/test_triton_attention.py -k "cuda or triton"
+step 60 python3 -m pytest -q -p no:cacheprovider $XDIST --maxfail=40 python_tests/test_triton_attention.py -k "cuda or triton"
 step 25 python3 bench/gpu_bad_input_repro.py
-step 85 python3 bench/bench_verify_attention_gpu.py --quick --sweep-triton --out "$OUT/verify_attention_gpu.json"
+step 80 python3 bench/bench_verify_attention_gpu.py --quick --sweep-triton --out "$OUT/verify_attention_gpu.json"
 echo "=== cuda_attn done $(date +%T)" | tee -a "$LOG"

@@ -2,10 +2,9 @@
 // No CUDA headers here: only shapes, dtypes, devices, strides and (optionally) seqlens values.
 #include "kv_arg_checks.h"
 
-#include <ATen/ops/aminmax.h>
-#include <ATen/ops/stack.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -195,14 +194,16 @@ VerifyArgs check_verify_attention(const at::Tensor& q, const at::Tensor& k, cons
               "verify_attention: seqlens must be int32 [", B, "], got ", seqlens.scalar_type(), " ", seqlens.sizes());
   TORCH_CHECK(seqlens.device() == q.device(), "verify_attention: seqlens is on ", seqlens.device(), " but q is on ",
               q.device());
+  TORCH_CHECK(seqlens.is_contiguous(), "verify_attention: seqlens must be contiguous, got strides ", seqlens.strides());
   TORCH_CHECK(s_max < (int64_t(1) << 30) && nq * (qh / kvh) <= max_rows_per_grid_y && B * kvh <= 65535,
               "verify_attention: sizes out of range for the CUDA kernel (S_max < 2^30, n_query * group <= ",
               max_rows_per_grid_y, ", B * kv_heads <= 65535), got S_max ", s_max, ", n_query * group ", nq * (qh / kvh),
               ", B * kv_heads ", B * kvh);
   if (check_seqlens_values && B > 0) {
-    auto [lo_t, hi_t] = at::aminmax(seqlens);
-    const at::Tensor lohi = at::stack({lo_t, hi_t}).cpu();  // one small device-to-host copy
-    const int64_t lo = lohi[0].item<int>(), hi = lohi[1].item<int>();
+    const at::Tensor host = seqlens.cpu().contiguous();  // one small device-to-host copy, no kernel
+    const int* vals = host.data_ptr<int>();
+    int64_t lo = vals[0], hi = vals[0];
+    for (int64_t i = 1; i < B; ++i) lo = std::min<int64_t>(lo, vals[i]), hi = std::max<int64_t>(hi, vals[i]);
     TORCH_CHECK(lo >= nq && hi <= s_max, "verify_attention: seqlens must lie in [n_query=", nq, ", S_max=", s_max,
                 "], got values in [", lo, ", ", hi, "]");
   }

@@ -45,10 +45,12 @@ def _e4m3_to_f32(bits):
 @triton.jit
 def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
                   FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  EVEN_D: tl.constexpr):
-    """Dequantized fp32 tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where
-    n_ok is false or the column is >= D. EVEN_D (D == BLOCK_D): no column mask, so the compiler can
-    prove whole rows and use 16-byte loads."""
+                  EVEN_D: tl.constexpr, CODES: tl.constexpr):
+    """Tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where n_ok is false or the
+    column is >= D. Plain formats come back in their storage dtype (the caller casts once), int4 as
+    fp32 values; int8 / fp8 as fp32 values, or with CODES as unscaled codes (exact in bf16 / fp16:
+    the caller applies the per-token scale to scores or probabilities, a [BLOCK_N] vector instead of
+    the whole tile). EVEN_D (D == BLOCK_D): no column mask, so the compiler can use 16-byte loads."""
     rows = n[:, None].to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     if EVEN_D:
@@ -56,7 +58,7 @@ def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
     else:
         mask = n_ok[:, None] & (d[None, :] < D)
     if FORMAT < 3:
-        x = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0.0)
     elif FORMAT == 4:
         # packed bytes [BLOCK_N, BLOCK_D/2] -> interleave(low, high) nibbles = value order 2j, 2j+1
         j = tl.arange(0, BLOCK_D // 2)
@@ -75,8 +77,11 @@ def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
             val = raw.to(tl.float32)
         else:
             val = _e4m3_to_f32(raw.to(tl.int32) & 0xFF)
-        s = tl.load(scale_ptr + n.to(tl.int64) * ss_s, mask=n_ok, other=0.0)
-        x = val * s[:, None]
+        if CODES:
+            x = val
+        else:
+            s = tl.load(scale_ptr + n.to(tl.int64) * ss_s, mask=n_ok, other=0.0)
+            x = val * s[:, None]
     return x
 
 
@@ -87,8 +92,11 @@ def _verify_split_kernel(
     sqb, sqn, sqh, skb, skh, sks, svb, svh, svs,
     sksb, sksh, skss, svsb, svsh, svss,
     FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr, ROW_SCALED: tl.constexpr,
+    FOLD_V: tl.constexpr,
 ):
+    # ROW_SCALED (int8 / fp8, one scale per token): K's scale multiplies the scores after Q.K^T; with
+    # FOLD_V (not for fp16 queries, where p * scale could underflow) V's scale multiplies p before P.V.
     pid_split = tl.program_id(0)
     pid_rt = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -127,12 +135,17 @@ def _verify_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < hi
-        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D)
+        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
+                          ROW_SCALED)
         if DOT_FP32:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k.to(q.dtype)))
-        s = s * qk_scale  # [BLOCK_R, BLOCK_N], log2 domain
+        if ROW_SCALED:
+            k_sc = tl.load(ks_base + n.to(tl.int64) * skss, mask=n_ok, other=0.0)  # [BLOCK_N]
+            s = s * (k_sc * qk_scale)[None, :]  # [BLOCK_R, BLOCK_N], log2 domain
+        else:
+            s = s * qk_scale
         visible = (n[None, :] <= limit[:, None]) & (n[None, :] < split_end)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -140,11 +153,15 @@ def _verify_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D)
+        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
+                          FOLD_V)
+        pv = p
+        if FOLD_V:
+            pv = p * tl.load(vs_base + n.to(tl.int64) * svss, mask=n_ok, other=0.0)[None, :]
         if DOT_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(tl.float32), input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+            acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype))
         m_i = m_new
 
     has = l_i > 0
@@ -249,10 +266,13 @@ def _check_args(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype):
             _err(f"{zname} must have the same strides as {sname}, got {z.stride()} and {sc.stride()}")
     if seqlens.dtype != torch.int32 or tuple(seqlens.shape) != (B,) or seqlens.device != q.device:
         _err(f"seqlens must be int32 [{B}] on {q.device}, got {seqlens.dtype} {tuple(seqlens.shape)} on {seqlens.device}")
+    if not seqlens.is_contiguous():
+        _err(f"seqlens must be contiguous, got strides {seqlens.stride()}")
     # Values: one device-to-host copy; skipped while a CUDA graph is captured (the kernel clamps
     # seqlens to [0, S_max], so a bad value never reads out of bounds).
     if B and not (seqlens.is_cuda and torch.cuda.is_current_stream_capturing()):
-        lo, hi = torch.stack(torch.aminmax(seqlens)).tolist()
+        vals = seqlens.tolist()
+        lo, hi = min(vals), max(vals)
         if lo < nq or hi > s_max:
             _err(f"seqlens must lie in [n_query={nq}, S_max={s_max}], got [{lo}, {hi}]")
 
@@ -299,6 +319,7 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3], *v.stride()[:3], *sstride(ks), *sstride(vs),
         FORMAT=fmt, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d,
         DOT_FP32=interp or q.dtype == torch.float32, EVEN_D=block_d == D,
+        ROW_SCALED=kv_dtype in ("int8", "fp8"), FOLD_V=kv_dtype in ("int8", "fp8") and q.dtype != torch.float16,
         **({} if interp else {"num_warps": num_warps, "num_stages": num_stages}))
     _merge_splits_kernel[(B * nq * qh,)](
         po, plse, seqlens, out, s_max, nq, qh, group, R, split, nsplit, D, *out.stride()[:3],
