@@ -89,6 +89,9 @@ def run_case(name: str, length: int, args, cache_dir: Path) -> dict:
     row = {"model": name, "context_tokens": length, "document_tokens": doc_tokens, "rope_extended": extended,
            "kv_dtype": args.kv_dtype, "new_tokens": args.new_tokens, "repeats": args.repeats, "modes": {}}
     engine.generate(document, question, mode="lc", **dict(kw, max_new_tokens=1))  # prefill once, untimed
+    if args.prefill_only:  # also embed and index the document for the drafter's retrieval
+        engine.generate(document, question, mode="rag", **dict(kw, max_new_tokens=1))
+        return row
     # Modes interleaved, `repeats` rounds, best of each: this machine's speed drifts by 2-3x within a minute.
     runs = {mode: [] for mode in MODES}
     for _ in range(args.repeats):
@@ -194,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hf-max-len", type=int, default=8192, help="longest context also run with transformers")
     ap.add_argument("--out", default=str(RESULTS / "e2e.json"))
     ap.add_argument("--replot", action="store_true", help="only rebuild the table and plots from --out")
+    ap.add_argument("--cache-dir", default=None,
+                    help="document cache + retriever index to keep between runs (default: a temporary folder)")
+    ap.add_argument("--prefill-only", action="store_true",
+                    help="only fill --cache-dir with the prefilled documents (no timing): a later run skips prefill")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.replot:
@@ -205,13 +212,19 @@ def main(argv=None) -> int:
 
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="rapid-e2e-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix="rapid-e2e-") as tmp:
+        cache_dir = Path(args.cache_dir or tmp)
         for name in args.models.split(","):
             lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else DEFAULT_LENGTHS[name]
             for length in lengths:
-                rows.append(run_case(name, length, args, Path(cache_dir)))
+                rows.append(run_case(name, length, args, cache_dir))
+                if args.prefill_only:
+                    print(f"  {name} {length}: prefilled into {cache_dir}", flush=True)
+                    continue
                 report = {"machine": machine_info(), "read_bandwidth_gbs": read_bandwidth_gbs(), "rows": rows}
                 out.write_text(json.dumps(report, indent=1, default=str))  # after every case: partial runs count
+    if args.prefill_only:
+        return 0
     plot(rows, out.parent)
     table = markdown_table(rows)
     out.with_suffix(".md").write_text(table + "\n\n" + NOTES)
