@@ -14,7 +14,7 @@ echo "build rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$OUT/build.log"
 timeout 30 python3 -c "import rapid_engine; print(rapid_engine.backends())"
 for part in ${GPU_PARTS:-cuda_attn sampler}; do
   t1=$(date +%s)
-  timeout "${GPU_PART_LIMIT:-170}" bash "bench/gpu/$part.sh" > "$OUT/$part.log" 2>&1
-  echo "=== $part rc=$? in $(( $(date +%s) - t1 )) s"; grep -E "PASS|FAIL|passed|failed|error" "$OUT/$part.log" | tail -n 25
+  timeout "${GPU_PART_LIMIT:-170}" bash "bench/gpu/$part.sh" > "$OUT/$part.stdout" 2>&1
+  echo "=== $part rc=$? in $(( $(date +%s) - t1 )) s"; grep -E "PASS|FAIL|passed|failed|error" "$OUT/$part.stdout" | tail -n 25
 done
 echo "total $(( $(date +%s) - t0 )) s"
