@@ -175,6 +175,23 @@ def test_greedy_follows_argmax_rule(backend):
     assert (tokens[:, :G] == shifted).all()
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+def test_tied_and_masked_logits_match_reference(backend):
+    """Integer logits (many ties at the top-k / top-p boundary, broken by token id) and -inf masks."""
+    B, G, V = _size(backend, (16, 3, 5_003), (16, 2, 97))
+    z, d, q, u = _inputs(B, G, V, seed=13)
+    z = z.round()  # [B, G+1, V]: ~9 distinct values
+    g = torch.Generator().manual_seed(14)
+    z[torch.rand(z.shape, generator=g) < 0.3] = -math.inf
+    z[..., 0] = 5.0  # every row keeps a finite logit
+    for top_k, top_p, eta in [(0, 0.9, 10.0), (0, 0.5, 0.0), (37, 1.0, 2.0), (300, 0.8, 10.0), (0, 1.0, 3.0)]:
+        want = R.spec_sample(z, d, q, u, 1.0, top_k, top_p, eta, 0.1, "exact")
+        got = _kernel(backend, z, d, q, u, 1.0, top_k, top_p, eta, 0.1, "exact")
+        _check_structure(*got, d)
+        same = (got[0] == want[0]).all(1)
+        assert int((~same).sum()) <= 1, f"top_k={top_k} top_p={top_p}: {int((~same).sum())} rows differ"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_generator_state_same_result(backend):
     z, d, q, _ = _inputs(32, 3, 97, seed=10)
