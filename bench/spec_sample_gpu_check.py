@@ -4,7 +4,9 @@ reference. Prints one PASS/FAIL line per check.
 
     PYTHONPATH=. python3 bench/spec_sample_gpu_check.py cuda [triton] [speed]
 """
+import json
 import math
+import os
 import sys
 import time
 
@@ -159,10 +161,17 @@ def speed(backend):
                 t = min(_wall(f, 20) for _ in range(3))
                 t_ref = min(_wall(ref, 3) for _ in range(2))
                 floor = B * (2 * G + 1) * V * 4 / (gbs * 1e9)
-                rows.append((B, G, V, t, floor, t_ref))
+                rows.append(dict(backend=backend, B=B, gamma=G, V=V, kernel_us=t * 1e6, floor_us=floor * 1e6,
+                                 x_floor=t / floor, torch_ref_us=t_ref * 1e6, vs_torch=t_ref / t))
                 print(f"{backend} B={B} gamma={G} V={V}: {t * 1e6:.1f} us = {t / floor:.2f}x floor "
                       f"({floor * 1e6:.2f} us), {t_ref / t:.1f}x faster than torch ref ({t_ref * 1e6:.0f} us), "
                       f"accepted {f()[1].float().mean():.2f}")
+    if os.environ.get("OUT"):  # the GPU session's output folder
+        with open(os.path.join(os.environ["OUT"], f"bench_spec_sample_{backend}_gpu.json"), "w") as fh:
+            json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, read_gbs=gbs,
+                           tiny_kernel_us=launch * 1e6, tiny_kernel_sync_us=synced * 1e6,
+                           settings="top-p 0.9, eta 10, temperature 1, tail_alpha 0.1, exact; wall time per call "
+                                    "including the call's one host sync", rows=rows), fh, indent=1)
     # Where the time goes at the largest shape: per-kernel GPU times.
     from torch.profiler import ProfilerActivity, profile
     args = _args(*bench_inputs(8, 10, 152_064, "cuda"))
