@@ -40,10 +40,20 @@ def _kernels():
     out = {}
     if _ext.HAS_CUDA_KERNELS:
         out["cuda"] = torch.ops.rapid.verify_attention
+        out["cuda-st"] = _cuda_staged
     if _ext.HAS_TRITON:
         from rapid_engine.triton.verify_attention import verify_attention_triton
         out["triton"] = verify_attention_triton
     return out
+
+
+def _cuda_staged(*args):
+    """The CUDA op with the shared-memory staged tensor-core kernel (RAPID_CUDA_VERIFY_KERNEL=staged)."""
+    os.environ["RAPID_CUDA_VERIFY_KERNEL"] = "staged"
+    try:
+        return torch.ops.rapid.verify_attention(*args)
+    finally:
+        os.environ.pop("RAPID_CUDA_VERIFY_KERNEL", None)
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 10) -> float:
@@ -318,7 +328,8 @@ def test_verify_attention_gpu(benchmark, backend, kv_dtype, n_query):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="S 32K and 64K, bf16/int8/int4, fewer iterations")
-    ap.add_argument("--sweep-triton", action="store_true", help="also time Triton configs (BLOCK_N, warps, stages)")
+    ap.add_argument("--sweep-triton", action="store_true",
+                    help="also time Triton configs (BLOCK_N, warps, stages) and CUDA split targets (blocks per SM)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/verify_attention_gpu_<card>.json)")
     args = ap.parse_args()
     if not HAS_GPU:
@@ -331,6 +342,8 @@ def main() -> None:
         result = run_sweep((32768, 65536), (1, 4, 11), ("bf16", "int8", "int4"), iters=10, head_sets=(LLAMA,))
         _report(result, path, t0)
         result["triton_config_sweep"] = sweep_triton_configs() if args.sweep_triton else None
+        if args.sweep_triton and "cuda" in _kernels():
+            result["cuda_blocks_per_sm_sweep"] = sweep_cuda_blocks_per_sm()
         small = run_sweep((32768, 65536), (1, 4, 11), ("bf16", "int8", "int4"), iters=10, head_sets=(SMOLLM2,))
         result["rows"] += small["rows"]
         result["shapes"]["heads"] += small["shapes"]["heads"]
@@ -339,6 +352,33 @@ def main() -> None:
         result["triton_config_sweep"] = sweep_triton_configs() if args.sweep_triton else None
     _add_ratios(result["rows"])
     _report(result, path, t0)
+
+
+def sweep_cuda_blocks_per_sm(S: int = 32768, formats=("bf16", "int4"), heads=LLAMA) -> list:
+    """Graph time of both CUDA tensor-core kernels per split target (RAPID_CUDA_VERIFY_BLOCKS_PER_SM),
+    n_query 1 and 11."""
+    qh, kvh, D = heads
+    out = []
+    for kv_dtype in formats:
+        caches = make_caches(S, kv_dtype, _n_caches(S, kv_dtype, heads), heads)
+        seqlens = torch.full((1,), S, dtype=torch.int32, device="cuda")
+        bw = copy_bandwidth()
+        for nq in (1, 11):
+            q = torch.randn(1, nq, qh, D, device="cuda", dtype=torch.bfloat16)
+            args = [(q, kd, vd, ks, kz, vs, vz, seqlens, kv_dtype, 1 / math.sqrt(D)) for (kd, ks, kz), (vd, vs, vz) in caches]
+            for name, fn in (("direct", torch.ops.rapid.verify_attention), ("staged", _cuda_staged)):
+                for per_sm in (2, 4, 8, 16, 32):
+                    os.environ["RAPID_CUDA_VERIFY_BLOCKS_PER_SM"] = str(per_sm)
+                    t = time_graph(fn, args)
+                    frac = kv_bytes(S, kv_dtype, heads) / t / bw
+                    out.append(dict(kernel=name, kv_dtype=kv_dtype, S=S, n_query=nq, blocks_per_sm=per_sm,
+                                    time_us=t * 1e6, frac_copy_bw=frac))
+                    print(f"cuda {name} blocks/SM {per_sm:2} {kv_dtype} S={S} nq={nq}: {t * 1e6:7.1f} us "
+                          f"{100 * frac:5.1f}% copy BW", flush=True)
+        os.environ.pop("RAPID_CUDA_VERIFY_BLOCKS_PER_SM", None)
+        del caches
+        torch.cuda.empty_cache()
+    return out
 
 
 def _report(result: dict, path: str, t0: float) -> None:

@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "kv_launch.h"
@@ -29,6 +31,14 @@ int sm_count(int device) {
   return n;
 }
 
+// Tuning knob RAPID_CUDA_VERIFY_BLOCKS_PER_SM (default 8, 1..64); read each call, so a benchmark can
+// sweep it. Changing it between calls changes split boundaries, hence the last bits of the results.
+int blocks_per_sm() {
+  const char* env = std::getenv("RAPID_CUDA_VERIFY_BLOCKS_PER_SM");
+  const int v = env ? std::atoi(env) : 0;
+  return v >= 1 && v <= 64 ? v : 8;
+}
+
 // Keys per split: a power-of-two multiple of 256 giving about 8 blocks per SM (the tensor-core kernel
 // keeps 3 resident per SM: several waves, so the last one is a small part of the time). Depends only
 // on (S_max, B, kv_heads, SM count), so decode results do not change with n_query (batch invariance).
@@ -38,7 +48,7 @@ int choose_split_size(int64_t s_max, int64_t B, int64_t kv_heads, int64_t n_quer
     while (split < s_max) split *= 2;
     return (int)split;
   }
-  const int64_t target = 8 * (int64_t)sm_count(device);
+  const int64_t target = blocks_per_sm() * (int64_t)sm_count(device);
   while (split < s_max && B * kv_heads * ((s_max + split - 1) / split) > target) split *= 2;
   return (int)split;
 }
@@ -52,11 +62,26 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=direct|staged (read each call; default direct):
+// direct streams K/V from global memory into mma fragments per warp, one m16 row tile per block;
+// staged loads each step once into shared memory for up to 4 row tiles (one KV read for all drafted
+// tokens). Both keep a row's result independent of n_query; they differ from each other in the last bits.
+bool use_staged_kernel() {
+  const char* env = std::getenv("RAPID_CUDA_VERIFY_KERNEL");
+  return env != nullptr && std::strcmp(env, "staged") == 0;
+}
+
 template <KvFormat F, int D, typename MT>
 void launch_mma(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
-  const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
-  const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
-  cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  if (use_staged_kernel()) {
+    const int64_t row_groups = (p.rows + cuda::kStagedRows - 1) / cuda::kStagedRows;
+    const dim3 grid((unsigned)(row_groups * p.n_split), 1, B * p.kv_heads);
+    cuda::verify_staged_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  } else {
+    const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
+    const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
+    cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge<D>(p, B, stream);
 }

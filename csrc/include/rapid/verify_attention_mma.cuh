@@ -296,3 +296,194 @@ __global__ void __launch_bounds__(kMmaThreads) verify_mma_kernel(VerifyParams p)
 
 }  // namespace cuda
 }  // namespace rapid
+
+namespace rapid {
+namespace cuda {
+
+// ---- Staged variant: the block loads each KV step once into shared memory for all its rows ----
+// Grid (row groups * n_split, 1, batch * kv_head), 4 warps. A block owns up to 4 m16 tiles (64 rows)
+// of one KV head and one split; per step of 64 keys all 128 threads load K and V with 16-byte loads,
+// dequantize once and store them to shared memory as MT; warp w then runs tile w's Q.K^T, online
+// softmax and P.V from shared memory. The KV bytes leave HBM (and are dequantized) once however many
+// drafted tokens share the call; each row is always processed by one warp in the same key order, so
+// its result does not depend on n_query.
+constexpr int kStagedKeys = 64;
+constexpr int kStagedRows = kMmaWarps * kMmaRows;  // 64
+
+template <KvFormat F, int D, typename MT>
+__global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams p) {
+  using T = typename KvStorage<F>::T;
+  constexpr int kLd = D + 8;                         // MT row stride: conflict-free fragment reads
+  constexpr int kVB = 16;                            // bytes per vector load (row_bytes % 16 == 0 here)
+  constexpr int kEV = F == KvFormat::kInt4 ? 2 * kVB : kVB / (int)sizeof(T);
+  constexpr int kVecPerRow = D / kEV;
+  constexpr int kVecs = 2 * kStagedKeys * kVecPerRow;  // K then V
+  constexpr int kIters = kVecs / kMmaThreads;
+  static_assert(kVecs % kMmaThreads == 0, "step must split evenly over the block");
+  constexpr int kSteps = D / 16, kNt = D / 8, kKeyTiles = kStagedKeys / 8;
+  __shared__ __align__(16) MT ks[kStagedKeys * kLd];
+  __shared__ __align__(16) MT vs[kStagedKeys * kLd];
+
+  const int n_rg = (p.rows + kStagedRows - 1) / kStagedRows;
+  const int rg = blockIdx.x % n_rg, split = blockIdx.x / n_rg;
+  const int b = blockIdx.z / p.kv_heads, h = blockIdx.z % p.kv_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int block_row0 = rg * kStagedRows;
+  const int block_rows = min(kStagedRows, p.rows - block_row0);
+  const int kv_len = max(0, min(p.seqlens[b], p.s_max));  // launcher checks; clamp so nothing reads past S_max
+  const int lo = split * p.split_size;
+  const int split_end = min(lo + p.split_size, kv_len);
+  const int hi = min(split_end, kv_len - p.n_query + (block_row0 + block_rows - 1) / p.group + 1);
+  if (lo >= hi) return;  // block-uniform: no row of this block sees a key of this split
+
+  const int row0 = block_row0 + warp * kMmaRows;  // this warp's m tile
+  const int rows_here = min(kMmaRows, p.rows - row0);  // <= 0: the warp only helps loading
+  int limit[2];
+  uint32_t qa[kSteps][4];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = row0 + g + 8 * rr;
+    const bool ok = g + 8 * rr < rows_here;
+    limit[rr] = ok ? kv_len - p.n_query + r / p.group : -1;
+    const int64_t qoff = ok ? b * p.q_sb + (r / p.group) * p.q_sn + (h * p.group + r % p.group) * p.q_sh : 0;
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {  // natural d order: k 2t, 2t+1 and 2t+8, 2t+9 of step j
+      const int d0 = 16 * j + 2 * t;
+      qa[j][rr] = pack2<MT>(ok ? load_float(p.q, qoff + d0, p.q_type) : 0.f,
+                            ok ? load_float(p.q, qoff + d0 + 1, p.q_type) : 0.f);
+      qa[j][2 + rr] = pack2<MT>(ok ? load_float(p.q, qoff + d0 + 8, p.q_type) : 0.f,
+                                ok ? load_float(p.q, qoff + d0 + 9, p.q_type) : 0.f);
+    }
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float oacc[kNt][4];
+#pragma unroll
+  for (int nt = 0; nt < kNt; ++nt) oacc[nt][0] = oacc[nt][1] = oacc[nt][2] = oacc[nt][3] = 0.f;
+  constexpr bool kRaw = (F == KvFormat::kBF16 && std::is_same<MT, __nv_bfloat16>::value) ||
+                        (F == KvFormat::kF16 && std::is_same<MT, __half>::value);
+  const unsigned char* kbase =
+      reinterpret_cast<const unsigned char*>(static_cast<const T*>(p.k) + b * p.k_s.b + h * p.k_s.h);
+  const unsigned char* vbase =
+      reinterpret_cast<const unsigned char*>(static_cast<const T*>(p.v) + b * p.v_s.b + h * p.v_s.h);
+
+  for (int step = lo; step < hi; step += kStagedKeys) {
+    // ---- load + dequantize the step's K and V into shared memory (keys >= hi: zeros) ----
+    uint4 raw[kIters];
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {  // all loads first
+      const int c = threadIdx.x + i * kMmaThreads;
+      const bool is_v = c >= kVecs / 2;
+      const int cc = is_v ? c - kVecs / 2 : c;
+      const int key = step + cc / kVecPerRow;
+      raw[i] = make_uint4(0, 0, 0, 0);
+      if (key < hi) {
+        const int64_t row_off = (int64_t)key * (is_v ? p.v_s.t : p.k_s.t) * (int64_t)sizeof(T);
+        raw[i] = *reinterpret_cast<const uint4*>((is_v ? vbase : kbase) + row_off + (cc % kVecPerRow) * kVB);
+      }
+    }
+    __syncthreads();  // the previous step's fragments are consumed
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int c = threadIdx.x + i * kMmaThreads;
+      const bool is_v = c >= kVecs / 2;
+      const int cc = is_v ? c - kVecs / 2 : c;
+      const int kk = cc / kVecPerRow, e0 = (cc % kVecPerRow) * kEV, key = step + kk;
+      uint32_t out[kEV / 2];
+      if constexpr (kRaw) {
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(&raw[i]);
+#pragma unroll
+        for (int j = 0; j < kEV / 2; ++j) out[j] = w[j];
+      } else {
+        float f[kEV];
+        if (key < hi) {
+          const void* srow = nullptr;
+          const void* zrow = nullptr;
+          scale_rows<F>(p, is_v, b, h, key, &srow, &zrow);
+          dequant_vec<F, D, kVB>(raw[i], e0, srow, zrow, f);
+        } else {
+#pragma unroll
+          for (int j = 0; j < kEV; ++j) f[j] = 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kEV / 2; ++j) out[j] = pack2<MT>(f[2 * j], f[2 * j + 1]);
+      }
+      uint4* dst = reinterpret_cast<uint4*>((is_v ? vs : ks) + kk * kLd + e0);
+#pragma unroll
+      for (int j = 0; j < kEV / 8; ++j) dst[j] = make_uint4(out[4 * j], out[4 * j + 1], out[4 * j + 2], out[4 * j + 3]);
+    }
+    __syncthreads();
+    if (rows_here <= 0) continue;  // warp-uniform
+
+    // ---- S = Q K^T for 64 keys: n-tile nt holds keys step + 8 nt + (col) ----
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int nt = 0; nt < kKeyTiles; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      const uint32_t* krow = reinterpret_cast<const uint32_t*>(ks + (8 * nt + g) * kLd);
+#pragma unroll
+      for (int j = 0; j < kSteps; ++j) mma16816<MT>(s[nt], qa[j], krow[8 * j + t], krow[8 * j + t + 4]);
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kKeyTiles; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int key = step + 8 * nt + 2 * t + c;
+          const bool visible = key < split_end && key <= limit[rr];
+          s[nt][2 * rr + c] = visible ? s[nt][2 * rr + c] * p.qk_scale_log2 : -INFINITY;
+          mx = fmaxf(mx, s[nt][2 * rr + c]);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[rr], mx);
+      const float m_safe = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[rr] - m_safe);
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kKeyTiles; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          s[nt][2 * rr + c] = exp2f(s[nt][2 * rr + c] - m_safe);
+          sum += s[nt][2 * rr + c];
+        }
+      l[rr] = l[rr] * alpha + sum;
+      m[rr] = m_new;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) oacc[nt][2 * rr] *= alpha, oacc[nt][2 * rr + 1] *= alpha;
+    }
+    // ---- O += P V: k16 step kk = key tiles 2kk, 2kk+1; B = V[key][d] for keys 2t.., cols g ----
+    const unsigned short* vh = reinterpret_cast<const unsigned short*>(vs);
+#pragma unroll
+    for (int kk = 0; kk < kStagedKeys / 16; ++kk) {
+      const uint32_t pa[4] = {pack2<MT>(s[2 * kk][0], s[2 * kk][1]), pack2<MT>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<MT>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack2<MT>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const unsigned short* v0 = vh + (16 * kk + 2 * t) * kLd + g;  // key 16kk + 2t, column g
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt) {
+        const uint32_t b0 = (uint32_t)v0[8 * nt] | ((uint32_t)v0[kLd + 8 * nt] << 16);
+        const uint32_t b1 = (uint32_t)v0[8 * kLd + 8 * nt] | ((uint32_t)v0[9 * kLd + 8 * nt] << 16);
+        mma16816<MT>(oacc[nt], pa, b0, b1);
+      }
+    }
+  }
+  if (rows_here <= 0) return;
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+    if (g + 8 * rr >= rows_here) continue;
+    const int64_t base = (((int64_t)b * p.kv_heads + h) * p.rows + row0 + g + 8 * rr) * p.n_split + split;
+    const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) p.part_out[base * D + 8 * nt + 2 * t + c] = oacc[nt][2 * rr + c] * inv;
+    if (t == 0) p.part_lse[base] = l[rr] > 0.f ? m[rr] + log2f(l[rr]) : -INFINITY;
+  }
+}
+
+}  // namespace cuda
+}  // namespace rapid
