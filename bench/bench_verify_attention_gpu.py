@@ -191,7 +191,7 @@ def _print_progress(r) -> None:
 
 
 def run_sweep(seq_lens, n_queries, formats, iters: int, head_sets=(LLAMA, SMOLLM2)) -> dict:
-    kernels = _kernels()
+    kernels = dict(sorted(_kernels().items(), key=lambda kv: kv[0] != "triton"))  # Triton first
     props = torch.cuda.get_device_properties(0)
     rows = []
     for heads in head_sets:
@@ -207,14 +207,18 @@ def run_sweep(seq_lens, n_queries, formats, iters: int, head_sets=(LLAMA, SMOLLM
                     q = torch.randn(1, nq, qh, D, device="cuda", dtype=torch.bfloat16)
                     arg_sets = [(q, kd, vd, ks, kz, vs, vz, seqlens, kv_dtype, 1 / math.sqrt(D))
                                 for (kd, ks, kz), (vd, vs, vz) in caches]
-                    for name, fn in kernels.items():
-                        rows.append(_row(name, kv_dtype, heads, S, nq, time_rotating(fn, arg_sets, iters),
-                                         time_graph(fn, arg_sets), nbytes, bw))
-                        _print_progress(rows[-1])
                     if kv_dtype == "bf16":
                         sargs = _sdpa_args(caches[: min(n, 4)], nq, heads)
                         rows.append(_row("sdpa", "bf16", heads, S, nq, time_rotating(_sdpa, sargs, iters),
                                          time_graph(_sdpa, sargs), nbytes, bw))
+                        _print_progress(rows[-1])
+                    for name, fn in kernels.items():
+                        try:
+                            rows.append(_row(name, kv_dtype, heads, S, nq, time_rotating(fn, arg_sets, iters),
+                                             time_graph(fn, arg_sets), nbytes, bw))
+                        except Exception as e:  # report and go on: one broken kernel must not hide the rest
+                            print(f"  ERROR {name} {kv_dtype} S={S} nq={nq}: {type(e).__name__}: {str(e)[:200]}")
+                            continue
                         _print_progress(rows[-1])
                 del caches
                 torch.cuda.empty_cache()
@@ -239,7 +243,11 @@ def sweep_triton_configs(S: int = 32768, formats=("bf16", "int4"), heads=LLAMA) 
         args = [(q, kd, vd, ks, kz, vs, vz, seqlens, kv_dtype, 1 / math.sqrt(D)) for (kd, ks, kz), (vd, vs, vz) in caches]
         for cfg, split in trials:
             fn = lambda *a: verify_attention_triton(*a, split_size=split, config=cfg)  # noqa: E731
-            t = time_graph(fn, args)
+            try:
+                t = time_graph(fn, args)
+            except Exception as e:  # e.g. a config that needs more shared memory than the card has
+                print(f"triton cfg {kv_dtype} {cfg} split={split}: ERROR {type(e).__name__}: {str(e)[:160]}")
+                continue
             frac = kv_bytes(S, kv_dtype, heads) / t / bw
             out.append(dict(kv_dtype=kv_dtype, S=S, config=cfg, split=split, time_us=t * 1e6, frac_copy_bw=frac))
             print(f"triton cfg {kv_dtype} S={S} BLOCK_N,warps,stages={cfg} split={split}: "
@@ -339,9 +347,10 @@ def main() -> None:
     card = torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
     path = args.out or os.path.join(os.path.dirname(__file__), "results", f"verify_attention_gpu_{card}.json")
     if args.quick:  # Llama first and reported at once: a run cut short by a time limit still has it
+        triton_sweep = sweep_triton_configs() if args.sweep_triton and "triton" in _kernels() else None
         result = run_sweep((32768, 65536), (1, 4, 11), ("bf16", "int8", "int4"), iters=10, head_sets=(LLAMA,))
+        result["triton_config_sweep"] = triton_sweep
         _report(result, path, t0)
-        result["triton_config_sweep"] = sweep_triton_configs() if args.sweep_triton else None
         if args.sweep_triton and "cuda" in _kernels():
             result["cuda_blocks_per_sm_sweep"] = sweep_cuda_blocks_per_sm()
         small = run_sweep((32768, 65536), (1, 4, 11), ("bf16", "int8", "int4"), iters=10, head_sets=(SMOLLM2,))
@@ -369,7 +378,11 @@ def sweep_cuda_blocks_per_sm(S: int = 32768, formats=("bf16", "int4"), heads=LLA
             for name, fn in (("direct", torch.ops.rapid.verify_attention), ("staged", _cuda_staged)):
                 for per_sm in (2, 4, 8, 16, 32):
                     os.environ["RAPID_CUDA_VERIFY_BLOCKS_PER_SM"] = str(per_sm)
-                    t = time_graph(fn, args)
+                    try:
+                        t = time_graph(fn, args)
+                    except Exception as e:
+                        print(f"cuda {name} blocks/SM {per_sm}: ERROR {type(e).__name__}: {str(e)[:160]}")
+                        continue
                     frac = kv_bytes(S, kv_dtype, heads) / t / bw
                     out.append(dict(kernel=name, kv_dtype=kv_dtype, S=S, n_query=nq, blocks_per_sm=per_sm,
                                     time_us=t * 1e6, frac_copy_bw=frac))
