@@ -1,8 +1,10 @@
 // Declarations of every torch-facing launcher. Launchers own all argument checks
-// (TORCH_CHECK naming the argument and what was expected); the math lives in
+// (RAPID_CHECK, rapid/check.h, naming the argument and what was expected); the math lives in
 // csrc/include/rapid/ (framework-free, raw pointers).
 #pragma once
 #include <torch/all.h>
+
+#include "rapid/check.h"
 
 #include <string>
 #include <tuple>

@@ -39,9 +39,9 @@ void quantize_rows(KvFormat f, const at::Tensor& x, const at::Tensor& data, cons
 }
 
 void check_x(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, H, T, D], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
+  RAPID_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  RAPID_CHECK(x.dim() == 4, op, ": x must be [B, H, T, D], got ", x.sizes());
+  RAPID_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
 }
 
 }  // namespace
@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_kv_cpu(const at::Tensor&
   const KvFormat f = parse_kv_dtype(kv_dtype, "quantize_kv");
   check_x("quantize_kv", x);
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
-  if (f == KvFormat::kInt4) TORCH_CHECK(D % 16 == 0, "quantize_kv: int4 needs D % 16 == 0, got D=", D);
+  if (f == KvFormat::kInt4) RAPID_CHECK(D % 16 == 0, "quantize_kv: int4 needs D % 16 == 0, got D=", D);
   const auto opts = x.options();
   at::Tensor data = at::empty({B, H, T, f == KvFormat::kInt4 ? D / 2 : D}, opts.dtype(kv_data_dtype(f)));
   at::Tensor scale = at::empty({0}, opts.dtype(at::kFloat)), zero = at::empty({0}, opts.dtype(at::kFloat));
@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_kv_cpu(const at::Tensor&
 at::Tensor dequantize_kv_cpu(const at::Tensor& data, const c10::optional<at::Tensor>& scale,
                              const c10::optional<at::Tensor>& zero, const std::string& kv_dtype, int64_t head_dim) {
   const KvFormat f = parse_kv_dtype(kv_dtype, "dequantize_kv");
-  TORCH_CHECK(data.device().is_cpu(), "dequantize_kv: data must be a CPU tensor, got ", data.device());
+  RAPID_CHECK(data.device().is_cpu(), "dequantize_kv: data must be a CPU tensor, got ", data.device());
   const at::Tensor sc = scale.has_value() ? *scale : at::Tensor(), ze = zero.has_value() ? *zero : at::Tensor();
   check_kv_storage("dequantize_kv", "data", data, sc, ze, f, head_dim);
   const int64_t B = data.size(0), H = data.size(1), T = data.size(2), D = head_dim;
@@ -86,11 +86,11 @@ void kv_append_cpu(at::Tensor& data, at::Tensor& scale, at::Tensor& zero, const 
                    const std::string& kv_dtype) {
   const KvFormat f = parse_kv_dtype(kv_dtype, "kv_append");
   check_x("kv_append", x);
-  TORCH_CHECK(data.device().is_cpu(), "kv_append: data must be a CPU tensor, got ", data.device());
+  RAPID_CHECK(data.device().is_cpu(), "kv_append: data must be a CPU tensor, got ", data.device());
   check_kv_storage("kv_append", "data", data, scale, zero, f, x.size(3));
-  TORCH_CHECK(x.size(0) == data.size(0) && x.size(1) == data.size(1), "kv_append: x ", x.sizes(),
+  RAPID_CHECK(x.size(0) == data.size(0) && x.size(1) == data.size(1), "kv_append: x ", x.sizes(),
               " does not match the cache ", data.sizes(), " in B or H");
-  TORCH_CHECK(start >= 0 && start + x.size(2) <= data.size(2), "kv_append: slots [", start, ", ",
+  RAPID_CHECK(start >= 0 && start + x.size(2) <= data.size(2), "kv_append: slots [", start, ", ",
               start + x.size(2), ") do not fit a cache of ", data.size(2), " tokens");
   quantize_rows(f, x.to(at::kFloat).contiguous(), data, scale, zero, start);
 }

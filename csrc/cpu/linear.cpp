@@ -28,19 +28,19 @@ void run(Isa path, const at::Tensor& x2d, const at::Tensor& w, const c10::option
 }  // namespace
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "rapid::linear: x and weight must be CPU tensors");
+  RAPID_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "rapid::linear: x and weight must be CPU tensors");
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+  RAPID_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
               "rapid::linear: x must be float32, bfloat16 or float16, got ", dt);
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rapid::linear: x must be [..., K] with K > 0, got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 2, "rapid::linear: weight must be 2-D [N, K], got ", weight.dim(), " dims");
-  TORCH_CHECK(weight.scalar_type() == dt, "rapid::linear: weight dtype ", weight.scalar_type(),
+  RAPID_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rapid::linear: x must be [..., K] with K > 0, got ", x.sizes());
+  RAPID_CHECK(weight.dim() == 2, "rapid::linear: weight must be 2-D [N, K], got ", weight.dim(), " dims");
+  RAPID_CHECK(weight.scalar_type() == dt, "rapid::linear: weight dtype ", weight.scalar_type(),
               " must equal x dtype ", dt);
   const int64_t K = x.size(-1), N = weight.size(0);
-  TORCH_CHECK(weight.size(1) == K, "rapid::linear: weight must be [N, ", K, "] to match x's last dim, got [", N,
+  RAPID_CHECK(weight.size(1) == K, "rapid::linear: weight must be [N, ", K, "] to match x's last dim, got [", N,
               ", ", weight.size(1), "]");
   if (bias.has_value()) {
-    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == dt && bias->dim() == 1 && bias->size(0) == N,
+    RAPID_CHECK(bias->device().is_cpu() && bias->scalar_type() == dt && bias->dim() == 1 && bias->size(0) == N,
                 "rapid::linear: bias must be a CPU ", dt, " tensor [", N, "], got ", bias->scalar_type(), " ",
                 bias->sizes());
   }
