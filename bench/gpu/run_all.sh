@@ -12,6 +12,10 @@ t0=$(date +%s)
 timeout 240 env RAPID_BUILD_CUDA=1 RAPID_CUDA_ARCHS=90 MAX_JOBS=16 python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1
 echo "build rc=$? in $(( $(date +%s) - t0 )) s"; tail -n 5 "$OUT/build.log"
 timeout 30 python3 -c "import rapid_engine; print(rapid_engine.backends())"
+# Toolchain facts behind the old bad-input SIGSEGV (rapid/check.h): which compiler and libstdc++ the .so uses.
+{ so=$(ls rapid_engine/_C*.so); c++ --version | head -n 1; g++ --version | head -n 1; which g++ c++
+  ldd "$so" | grep -E "stdc|gcc_s"; readelf -d "$so" | grep -E "NEEDED|RPATH|RUNPATH"
+  nm -D --defined-only "$so" | grep -c "St6locale" ; } > "$OUT/toolchain.txt" 2>&1; cat "$OUT/toolchain.txt"
 for part in ${GPU_PARTS:-cuda_attn sampler}; do
   t1=$(date +%s)
   timeout "${GPU_PART_LIMIT:-170}" bash "bench/gpu/$part.sh" > "$OUT/$part.stdout" 2>&1
