@@ -16,7 +16,7 @@ timeout 30 python3 -c "import rapid_engine; print(rapid_engine.backends())"
 { so=$(ls rapid_engine/_C*.so); c++ --version | head -n 1; g++ --version | head -n 1; which g++ c++
   ldd "$so" | grep -E "stdc|gcc_s"; readelf -d "$so" | grep -E "NEEDED|RPATH|RUNPATH"
   nm -D --defined-only "$so" | grep -c "St6locale" ; } > "$OUT/toolchain.txt" 2>&1; cat "$OUT/toolchain.txt"
-for part in ${GPU_PARTS:-cuda_attn sampler}; do
+for part in ${GPU_PARTS:-lead cuda_attn sampler}; do
   t1=$(date +%s)
   timeout "${GPU_PART_LIMIT:-170}" bash "bench/gpu/$part.sh" > "$OUT/$part.stdout" 2>&1
   echo "=== $part rc=$? in $(( $(date +%s) - t1 )) s"; grep -E "PASS|FAIL|passed|failed|error" "$OUT/$part.stdout" | tail -n 25
