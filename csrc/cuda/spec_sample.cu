@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "ops.h"
 #include "rapid/spec_sample_split.cuh"
@@ -83,7 +84,8 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   // Big slices: enough blocks to fill the GPU for small calls, long enough to amortize the histogram flush.
   const int64_t slice = std::min<int64_t>((V + 1023) / 1024 * 1024, U * V <= (int64_t{1} << 22) ? 2048 : 8192);
   const int64_t ns = (V + slice - 1) / slice, ns_small = (V + kSmallSlice - 1) / kSmallSlice;
-  TORCH_CHECK_VALUE(U * std::max(ns, ns_small) < (int64_t{1} << 31), "spec_sample: target_logits ", target_logits.sizes(),
+  TORCH_CHECK_VALUE(U * std::max(ns, ns_small) < (int64_t{1} << 31), "spec_sample: target_logits ",
+                    target_logits.sizes(),
                     " needs more than 2^31 CUDA blocks");
 
   // One scratch buffer, carved in 16-byte aligned pieces.
@@ -95,6 +97,13 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   const int64_t o_hc = take(use_hist ? U * kHistBins * 4 : 0), o_hm = take(use_hist ? U * kHistBins * 8 : 0);
   const int64_t o_sb = take(U * ns_small * 4), o_sl = take(U * ns_small * 4);
   const int64_t o_cand = take(U * cap * static_cast<int64_t>(sizeof(Cand)));
+  // Per-slice lists of the histogram blocks (a sixteenth of a slice, at least 256 tokens): when they hold every
+  // candidate, the gather pass (a third read of the logits) is skipped. RAPID_SPEC_SAMPLE_GATHER=1 forces the
+  // gather pass (the GPU check runs both).
+  const bool use_local = use_hist && std::getenv("RAPID_SPEC_SAMPLE_GATHER") == nullptr;
+  const int64_t local_cap = std::max<int64_t>(slice / 16, 256);
+  const int64_t o_local = take(use_local ? U * ns * local_cap * static_cast<int64_t>(sizeof(Cand)) : 0);
+  const int64_t o_llen = take(U * ns * 4), o_minb = take(U * 4), o_lists = take(U * 4);
   const int64_t o_tok = take(U * 8), o_acc = take(U * 4), o_error = take(4);
   at::Tensor scratch = at::empty({bytes}, z.options().dtype(at::kByte));
   char* base = reinterpret_cast<char*>(scratch.data_ptr());
@@ -142,6 +151,11 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   pr.seg_base = static_cast<int*>(at_(o_sb));
   pr.seg_len = static_cast<int*>(at_(o_sl));
   pr.cand = static_cast<Cand*>(at_(o_cand));
+  pr.cand_local = static_cast<Cand*>(at_(o_local));
+  pr.local_len = static_cast<int*>(at_(o_llen));
+  pr.unit_minbloc = static_cast<int*>(at_(o_minb));
+  pr.unit_lists = static_cast<int*>(at_(o_lists));
+  pr.local_cap = local_cap, pr.use_local = use_local;
   pr.slice = slice, pr.ns = ns, pr.ns_small = ns_small, pr.cap = cap, pr.use_hist = use_hist;
 
   const auto blocks = [](int64_t n) { return static_cast<unsigned int>(n); };

@@ -1,15 +1,15 @@
 // spec_sample on CUDA: framework-free (raw pointers, fp32 rows). Semantics: rapid_engine/ops/sampling.py;
 // oracle: rapid_engine/ops/reference.py. The uniforms are an input (no RNG inside): a pure function, graph-safe.
 //
-// Two kernels:
-//  1. unit_kernel, one block per (row, position) unit: every verified position is scored at once (the accept test
-//     at position i depends only on position i), instead of walking a row's positions one after another.
-//     Per unit: max + validation, the top-k / top-p cutoff by a shared-memory radix select (4 passes of 8-bit
-//     digits over the order key, instead of a 32-step bisection), the kept mass, the shifted max, the tail max and
-//     phat's normalizer (one online pass), the accept test, and the token this unit would emit if the row stopped
-//     here (residual at a draft position, p_G at the bonus position; block-scan inverse CDF in id order).
-//     Row reads are coalesced (float4 when V % 4 == 0 and the rows are 16-byte aligned).
-//  2. assemble_kernel, one thread per row: leading accepts -> num_accepted, the stopping unit's token, then -1.
+// This file: Params, block-wide helpers, and one (row, position) unit decided by one block:
+//  - unit_tail: everything after the top-k / top-p cut over a "row" (a whole vocabulary row, or the compacted
+//    candidate list of the split path in shared memory): the kept mass, the shifted max, the tail max and
+//    phat's normalizer (one online pass), the accept test, and the token this unit would emit if the row
+//    stopped here (residual at a draft position, p_G at the bonus position; block-scan inverse CDF in id order).
+//  - single_block_unit: greedy, and the fallback when a unit's candidates do not fit in shared memory: the cut
+//    by a shared-memory radix select over the whole row (4 passes of 8-bit digits), then unit_tail.
+//  - assemble_kernel: leading accepts -> num_accepted, the stopping unit's token, then -1.
+// The kernels that spread a unit over many blocks are in spec_sample_split.cuh.
 // Determinism: selection masses are 64-bit fixed point (integer atomics are order-independent); float sums are
 // cub block reductions (fixed order). Ties in the filters rank by the lower token id, like the reference.
 #pragma once
@@ -60,9 +60,15 @@ struct Params {
   int* seg_base;                   // [U, ns_small] where each small slice's candidates start in `cand`
   int* seg_len;                    // [U, ns_small]
   Cand* cand;                      // [U, cap] candidates, id order inside each small slice
+  Cand* cand_local;                // [U, ns, local_cap] each big slice's best tokens (histogram blocks)
+  int* local_len;                  // [U, ns]
+  int* unit_minbloc;               // [U] lowest per-slice bound of those lists (atomicMin)
+  int* unit_lists;                 // [U] 1: the slices' lists hold every candidate, the gather pass is skipped
   int64_t slice, ns, ns_small;     // big slices (stats, histogram) of `slice` tokens; small ones of kSmallSlice
   int64_t cap;                     // candidate capacity per unit (shared memory of the finishing block)
+  int64_t local_cap;               // list capacity per big slice
   bool use_hist;                   // V > cap: histogram select; else every finite token is a candidate
+  bool use_local;                  // histogram blocks keep per-slice lists (use_hist only)
 };
 
 // ---- block-wide helpers (results broadcast to every thread) ------------------------------------------------

@@ -3,20 +3,22 @@
 //  1. stats_kernel    [U x ns blocks]  per big slice: max logit, input checks, draft-row sum -> partials.
 //  2. hist_kernel     [U x ns]         zmax = max of the partials; a histogram of d = (zmax - z) / T in
 //                                      kBinsPerUnit bins per unit of d (count + 64-bit fixed-point mass), global
-//                                      integer atomics (order-independent). The last block of a unit (ticket)
-//                                      picks the last bin the filters can reach (top-k by counts, top-p by mass):
-//                                      every token up to it is a candidate. V <= cap: no histogram, every finite
-//                                      token is a candidate.
-//  3. gather_kernel   [U x ns_small]   candidates -> the unit's list, in id order inside each small slice
-//                                      (block scan), slices placed by an atomic offset (recorded per slice).
-//  4. finish_kernel   [U]              loads the list in slice order (= id order) into shared memory, rebuilds
-//                                      the histogram of the candidates, resolves the exact top-k / top-p cut
-//                                      (only the boundary bin needs ranking by (logit desc, id asc)), drops the
-//                                      rest to -inf, and runs unit_tail on the list. A list over `cap`, and
-//                                      greedy, take the single-block path on the whole row instead.
+//                                      integer atomics (order-independent). Each block also keeps its slice's
+//                                      best tokens (up to local_cap, whole bins) as a list. The last block of a
+//                                      unit (ticket) picks the last bin the filters can reach (top-k by counts,
+//                                      top-p by mass): every token up to it is a candidate. V <= cap: no
+//                                      histogram, every finite token is a candidate.
+//  3. gather_kernel   [U x ns_small]   only when some slice's list misses candidates: candidates -> the unit's
+//                                      list, in id order inside each small slice (block scan), slices placed by
+//                                      an atomic offset (recorded per slice).
+//  4. finish_kernel   [U]              loads the candidates in slice order (= id order) into shared memory,
+//                                      rebuilds their histogram, resolves the exact top-k / top-p cut (only the
+//                                      boundary bin needs ranking by (logit desc, id asc)), drops the rest to
+//                                      -inf, and runs unit_tail on the list. A list over `cap`, and greedy, take
+//                                      the single-block path on the whole row instead.
 //  5. assemble_kernel [1]              rows from the units' decisions.
-// The logits are read 3 times (stats, histogram, gather), the draft rows once plus the candidates' entries.
-// Determinism: integer atomics for the histogram, fixed-order block reductions for floats.
+// The logits are read twice (stats, histogram; a third time when the gather runs), the draft rows once plus the
+// candidates' entries. Determinism: integer atomics for the histogram, fixed-order block reductions for floats.
 #pragma once
 #include "rapid/spec_sample.cuh"
 
@@ -121,11 +123,12 @@ __global__ void __launch_bounds__(kSplitThreads) stats_kernel(Params pr) {
     pr.part_max[blockIdx.x] = zmax;
     pr.part_qsum[blockIdx.x] = qsum;
     pr.part_err[blockIdx.x] = bad;
-    if (s == 0) pr.unit_ticket[unit] = 0, pr.unit_fill[unit] = 0;
+    if (s == 0) pr.unit_ticket[unit] = 0, pr.unit_fill[unit] = 0, pr.unit_minbloc[unit] = kHistBins - 1;
   }
   if (pr.use_hist) {  // this slice's share of the unit's histogram
     const int64_t per = (kHistBins + pr.ns - 1) / pr.ns;
-    for (int64_t j = s * per + threadIdx.x; j < min(static_cast<int64_t>(kHistBins), (s + 1) * per); j += kSplitThreads) {
+    const int64_t end = min(static_cast<int64_t>(kHistBins), (s + 1) * per);
+    for (int64_t j = s * per + threadIdx.x; j < end; j += kSplitThreads) {
       pr.hist_count[unit * kHistBins + j] = 0;
       pr.hist_mass[unit * kHistBins + j] = 0;
     }
@@ -174,7 +177,41 @@ __device__ void select_bins(SplitShared& sh, const Params& pr, int64_t unit) {
     pr.unit_bhi[unit] = static_cast<int>(bhi);
     pr.unit_beyond[unit] = m_total - m;
     pr.unit_mode[unit] = c <= static_cast<unsigned long long>(pr.cap) ? kCompact : kSingleBlock;
+    pr.unit_lists[unit] = pr.use_local && bhi <= __ldcg(&pr.unit_minbloc[unit]);
   }
+}
+
+// Writes the tokens of [x0, x1) whose bin is <= bmax to out[0..) in id order (tiles of 4 tokens per thread and
+// a block scan), draft probabilities gathered from q; returns how many (uniform). At most `limit` are written.
+__device__ int write_list(SplitShared& sh, const Params& pr, const float* z, const float* q, int64_t x0, int64_t x1,
+                          float zmax, int bmax, Cand* out, int limit) {
+  int count = 0;
+  for (int64_t t0 = x0; t0 < x1; t0 += 4 * kSplitThreads) {
+    const int64_t xb = t0 + 4 * threadIdx.x;
+    float v[4];
+    if (pr.vec4 && xb < x1) {
+      const float4 a = reinterpret_cast<const float4*>(z)[xb / 4];
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    } else {
+      for (int k = 0; k < 4; ++k) v[k] = xb + k < x1 ? z[xb + k] : -INFINITY;
+    }
+    bool take[4];
+    int mine = 0;
+    for (int k = 0; k < 4; ++k) {
+      take[k] = xb + k < x1 && v[k] != -INFINITY && hist_bin(v[k], zmax, pr.inv_t) <= bmax;
+      mine += take[k];
+    }
+    int before, tile_total;
+    cub::BlockScan<int, kSplitThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
+    for (int k = 0, at = count + before; k < 4; ++k) {
+      if (!take[k]) continue;
+      if (at < limit) out[at] = Cand{static_cast<int32_t>(xb + k), v[k], q ? q[xb + k] : 0.f};
+      ++at;
+    }
+    count += tile_total;
+    __syncthreads();
+  }
+  return count;
 }
 
 __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
@@ -208,6 +245,7 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
       pr.unit_mode[unit] = pr.greedy ? kSingleBlock : kCompact;
       pr.unit_bhi[unit] = kHistBins - 1;
       pr.unit_beyond[unit] = 0;
+      pr.unit_lists[unit] = 0;
     }
   }
   if (err || pr.greedy || !pr.use_hist) return;  // uniform over the unit's blocks: nobody selects then
@@ -229,6 +267,30 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   });
   if (far) atomicAdd(&h_cnt[kHistBins - 1], far);
   __syncthreads();
+  if (pr.use_local) {  // this slice's best tokens, up to local_cap of them: the bins before the cap is crossed
+    constexpr int kPer = kHistBins / kSplitThreads;
+    unsigned long long c[kPer], mine = 0, acc;
+    for (int k = 0; k < kPer; ++k) mine += (c[k] = h_cnt[threadIdx.x * kPer + k]);
+    cub::BlockScan<unsigned long long, kSplitThreads>(sh.tmp.scan_ul).ExclusiveSum(mine, acc);
+    __syncthreads();
+    long long hit = kHistBins - 1;  // the whole slice fits
+    for (int k = 0; k < kPer; ++k) {
+      acc += c[k];
+      if (acc > static_cast<unsigned long long>(pr.local_cap)) {
+        hit = static_cast<long long>(threadIdx.x) * kPer + k - 1;
+        break;
+      }
+    }
+    const long long bloc = split_reduce(sh, hit, MinLL(), sh.l);  // -1: not even the best bin fits
+    int len = 0;
+    if (bloc >= 0)
+      len = write_list(sh, pr, r.z, r.q, x0, x1, zmax, static_cast<int>(bloc),
+                       pr.cand_local + blockIdx.x * pr.local_cap, static_cast<int>(pr.local_cap));
+    if (threadIdx.x == 0) {
+      pr.local_len[blockIdx.x] = len;
+      atomicMin(&pr.unit_minbloc[unit], static_cast<int>(bloc));
+    }
+  }
   for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) {
     if (h_cnt[j]) atomicAdd(&pr.hist_count[unit * kHistBins + j], h_cnt[j]);
     if (h_mass[j]) atomicAdd(&pr.hist_mass[unit * kHistBins + j], h_mass[j]);
@@ -249,46 +311,19 @@ __global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
   __shared__ Cand stage[kSmallSlice];
   __shared__ int base;
   const int64_t unit = blockIdx.x / pr.ns_small, s = blockIdx.x % pr.ns_small;
-  if (pr.unit_err[unit] || pr.unit_mode[unit] != kCompact) return;
+  if (pr.unit_err[unit] || pr.unit_mode[unit] != kCompact || pr.unit_lists[unit]) return;
   const UnitRef r(pr, unit);
-  const float zmax = pr.unit_zmax[unit];
-  const int bhi = pr.unit_bhi[unit];
   const int64_t x0 = s * kSmallSlice, x1 = min(pr.V, x0 + kSmallSlice);
-  int count = 0;
-  for (int64_t t0 = x0; t0 < x1; t0 += 4 * kSplitThreads) {  // tiles of 4 consecutive tokens per thread
-    const int64_t xb = t0 + 4 * threadIdx.x;
-    float v[4];
-    if (pr.vec4 && xb < x1) {
-      const float4 a = reinterpret_cast<const float4*>(r.z)[xb / 4];
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-    } else {
-      for (int k = 0; k < 4; ++k) v[k] = xb + k < x1 ? r.z[xb + k] : -INFINITY;
-    }
-    bool take[4];
-    int mine = 0;
-    for (int k = 0; k < 4; ++k) {
-      take[k] = xb + k < x1 && v[k] != -INFINITY && hist_bin(v[k], zmax, pr.inv_t) <= bhi;
-      mine += take[k];
-    }
-    int before, tile_total;
-    cub::BlockScan<int, kSplitThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
-    for (int k = 0, at = count + before; k < 4; ++k)
-      if (take[k]) stage[at++] = Cand{static_cast<int32_t>(xb + k), v[k], 0.f};
-    count += tile_total;
-    __syncthreads();
-  }
+  const int count =
+      write_list(sh, pr, r.z, r.q, x0, x1, pr.unit_zmax[unit], pr.unit_bhi[unit], stage, kSmallSlice);
   if (threadIdx.x == 0) {
     base = static_cast<int>(atomicAdd(&pr.unit_fill[unit], static_cast<unsigned int>(count)));
     pr.seg_base[blockIdx.x] = base;
     pr.seg_len[blockIdx.x] = count;
   }
   __syncthreads();
-  for (int j = threadIdx.x; j < count; j += kSplitThreads) {
-    if (base + j >= pr.cap) break;  // never: the histogram counted these tokens
-    Cand c = stage[j];
-    c.q = r.q ? r.q[c.id] : 0.f;
-    pr.cand[unit * pr.cap + base + j] = c;
-  }
+  for (int j = threadIdx.x; j < count && base + j < pr.cap; j += kSplitThreads)
+    pr.cand[unit * pr.cap + base + j] = stage[j];
 }
 
 // ---- 4. one block per unit: exact cut on the list, then the unit's decision --------------------------------
@@ -296,7 +331,7 @@ __global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
 struct FinishShared {
   unsigned int h_cnt[kHistBins];
   unsigned long long h_mass[kHistBins];
-  int seg_off[kSegChunk], seg_len[kSegChunk], seg_base[kSegChunk];
+  int seg_off[kSegChunk], seg_len[kSegChunk], seg_base[kSegChunk], seg_cnt[kSegChunk];
   int pos_d, off, nsub;
 };
 
@@ -373,38 +408,67 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
   float* qs = zs + cap;
   int32_t* ids = reinterpret_cast<int32_t*>(qs + cap);
   uint16_t* sub = reinterpret_cast<uint16_t*>(ids + cap);
-  const int n = static_cast<int>(min(static_cast<int64_t>(pr.unit_fill[unit]), cap));
   const int64_t xd = r.is_draft ? pr.drafts[r.b * G + r.i] : -1;
 
-  // Load the list in slice order (= id order); histogram of the candidates.
+  // Load the candidates (bin <= bhi) in segment order (= id order) from the histogram blocks' lists or from the
+  // gather pass; count per segment first (a warp per segment, ballots), then place; histogram of the candidates.
+  const bool lists = pr.unit_lists[unit];
+  const int bhi = pr.unit_bhi[unit];
+  const Cand* src = lists ? pr.cand_local + unit * pr.ns * pr.local_cap : pr.cand + unit * cap;
+  const int64_t nseg = lists ? pr.ns : pr.ns_small;
   if (threadIdx.x == 0) fs.pos_d = -1, fs.off = 0;
   for (int j = threadIdx.x; j < kHistBins; j += kThreads) fs.h_cnt[j] = 0, fs.h_mass[j] = 0;
-  for (int64_t c0 = 0; c0 < pr.ns_small; c0 += kSegChunk) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t c0 = 0; c0 < nseg; c0 += kSegChunk) {
     const int64_t sl = c0 + threadIdx.x;
-    const int len = sl < pr.ns_small ? pr.seg_len[unit * pr.ns_small + sl] : 0;
-    const int base = sl < pr.ns_small ? pr.seg_base[unit * pr.ns_small + sl] : 0;
-    int at, total;
-    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(len, at, total);
+    int len = 0, base = 0;
+    if (sl < nseg) {
+      len = lists ? pr.local_len[unit * pr.ns + sl] : pr.seg_len[unit * pr.ns_small + sl];
+      base = lists ? static_cast<int>(sl * pr.local_cap) : pr.seg_base[unit * pr.ns_small + sl];
+      if (lists) len = static_cast<int>(min(static_cast<int64_t>(len), pr.local_cap));
+    }
+    fs.seg_len[threadIdx.x] = len, fs.seg_base[threadIdx.x] = base;
     __syncthreads();
-    fs.seg_off[threadIdx.x] = fs.off + at, fs.seg_len[threadIdx.x] = len, fs.seg_base[threadIdx.x] = base;
-    __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int k = warp; k < kSegChunk; k += kThreads / 32) {
-      for (int j = lane; j < fs.seg_len[k]; j += 32) {
-        const int p = fs.seg_off[k] + j, src = fs.seg_base[k] + j;
-        if (p >= n || src >= cap) continue;
-        const Cand c = pr.cand[unit * cap + src];
+      int cnt = 0;
+      for (int j0 = 0; j0 < fs.seg_len[k]; j0 += 32) {
+        const int j = j0 + lane, at = fs.seg_base[k] + j;
+        const bool take = j < fs.seg_len[k] && at < (lists ? pr.ns * pr.local_cap : cap) &&
+                          hist_bin(src[at].z, zmax, pr.inv_t) <= bhi;
+        cnt += __popc(__ballot_sync(0xffffffffu, take));
+      }
+      if (lane == 0) fs.seg_cnt[k] = cnt;
+    }
+    __syncthreads();
+    int at_seg, total;
+    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(fs.seg_cnt[threadIdx.x], at_seg, total);
+    __syncthreads();
+    fs.seg_off[threadIdx.x] = fs.off + at_seg;
+    __syncthreads();
+    for (int k = warp; k < kSegChunk; k += kThreads / 32) {
+      int off = fs.seg_off[k];
+      for (int j0 = 0; j0 < fs.seg_len[k]; j0 += 32) {
+        const int j = j0 + lane, at = fs.seg_base[k] + j;
+        Cand c{-1, -INFINITY, 0.f};
+        if (j < fs.seg_len[k] && at < (lists ? pr.ns * pr.local_cap : cap)) c = src[at];
+        const bool take = c.id >= 0 && hist_bin(c.z, zmax, pr.inv_t) <= bhi;
+        const unsigned int mask = __ballot_sync(0xffffffffu, take);
+        const int p = off + __popc(mask & ((1u << lane) - 1u));
+        off += __popc(mask);
+        if (!take || p >= cap) continue;
         zs[p] = c.z, qs[p] = c.q, ids[p] = c.id;
         if (c.id == xd) fs.pos_d = p;
-        atomicAdd(&fs.h_cnt[hist_bin(c.z, zmax, pr.inv_t)], 1u);
+        const int bin = hist_bin(c.z, zmax, pr.inv_t);
+        atomicAdd(&fs.h_cnt[bin], 1u);
         const unsigned long long w = fx_mass(c.z, zmax, pr);
-        if (w) atomicAdd(&fs.h_mass[hist_bin(c.z, zmax, pr.inv_t)], w);
+        if (w) atomicAdd(&fs.h_mass[bin], w);
       }
     }
     __syncthreads();
     if (threadIdx.x == 0) fs.off += total;
     __syncthreads();
   }
+  const int n = static_cast<int>(min(static_cast<int64_t>(fs.off), cap));
 
   // Top-k: bins before kb are in, bin kb keeps its best (k - count before) tokens.
   const bool use_k = pr.top_k > 0 && pr.top_k < pr.V;
