@@ -141,8 +141,34 @@ def _wall(fn, reps):
     return (time.perf_counter() - t0) / reps
 
 
+def bench_inputs(B, G, V, device):
+    """bench_spec_sample._inputs' distribution (logits randn * 3, a near-miss drafter), drawn on the GPU."""
+    g = torch.Generator(device).manual_seed(0)
+    z = torch.randn(B, G + 1, V, generator=g, device=device) * 3  # [B, G+1, V]
+    q = torch.softmax(z[:, :G] + torch.randn(B, G, V, generator=g, device=device), -1)  # [B, G, V]
+    d = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, G)
+    u = torch.rand(B, G + 1, dtype=torch.float64, generator=g, device=device)
+    return z, d, q, u
+
+
+def profile_largest(backend):
+    from bench_spec_sample import _args
+    from torch.profiler import ProfilerActivity, profile
+    args = _args(*bench_inputs(8, 10, 152_064, "cuda"))
+    kernel(backend, *args)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            kernel(backend, *args)
+    for key in ("device_time_total", "cuda_time_total"):  # the name changed across torch versions
+        try:
+            print(prof.key_averages().table(sort_by=key, row_limit=10, max_name_column_width=40))
+            break
+        except Exception as e:  # noqa: BLE001
+            print(f"profile table by {key}: {e}")
+
+
 def speed(backend):
-    from bench_spec_sample import _args, _inputs as bench_inputs, VOCABS, GAMMAS, BATCHES
+    from bench_spec_sample import _args, VOCABS, GAMMAS, BATCHES
     big = torch.empty(512 * 2**20 // 4, device="cuda")  # 512 MiB read probe
     read_s = min(_wall(lambda: big.sum(), 5) for _ in range(3))
     gbs = big.numel() * 4 / read_s / 1e9
@@ -176,19 +202,10 @@ def speed(backend):
                            tiny_kernel_us=launch * 1e6, tiny_kernel_sync_us=synced * 1e6,
                            settings="top-p 0.9, eta 10, temperature 1, tail_alpha 0.1, exact; wall time per call "
                                     "including the call's one host sync", rows=rows), fh, indent=1)
-    # Where the time goes at the largest shape: per-kernel GPU times.
-    from torch.profiler import ProfilerActivity, profile
-    args = _args(*bench_inputs(8, 10, 152_064, "cuda"))
-    kernel(backend, *args)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            kernel(backend, *args)
-    for key in ("device_time_total", "cuda_time_total"):  # the name changed across torch versions
-        try:
-            print(prof.key_averages().table(sort_by=key, row_limit=10, max_name_column_width=40))
-            break
-        except Exception as e:  # noqa: BLE001
-            print(f"profile table by {key}: {e}")
+    try:  # where the time goes at the largest shape: per-kernel GPU times
+        profile_largest(backend)
+    except Exception as e:  # noqa: BLE001 - the figures above are already out
+        print(f"profile failed: {type(e).__name__}: {e}")
     return rows
 
 
