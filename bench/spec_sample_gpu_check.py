@@ -50,7 +50,9 @@ def check_agreement(backend, cases, scale_note=""):
     ok = True
     for case in cases:
         B, G, V, dtype, T, k, p, eta, alpha, res, with_q = case
-        scale = 0.5 if p == 0.99 else 2.0  # flat logits: a huge top-p set
+        # p = 0.99: flat logits, a top-p set over the compact path's capacity (single-block fallback); V >= 100K:
+        # the benchmark's randn * 3 (randn * 2 keeps ~36K of 152K tokens: the fallback again)
+        scale = 0.5 if p == 0.99 else (3.0 if V >= 100_000 else 2.0)
         z, d, q, u = _inputs(B, G, V, dtype, seed=0, scale=scale, with_q=with_q)
         want = R.spec_sample(z, d, q, u, T, k, p, eta, alpha, res)
         try:
