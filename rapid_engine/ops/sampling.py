@@ -32,7 +32,7 @@ _registry.register_fake("spec_sample", _fake_spec_sample)
 
 def check_spec_args(target_logits, draft_tokens, draft_probs, temperature, top_k, top_p, eta, tail_alpha,
                     residual) -> None:
-    """Shape, dtype, device and scalar checks plus draft ids (cheap: B*gamma ints). ValueError naming the argument."""
+    """Shape, dtype, device and scalar checks (no data read). ValueError naming the argument."""
     if not isinstance(target_logits, torch.Tensor) or target_logits.dim() != 3:
         raise ValueError(f"spec_sample: target_logits must be a [B, gamma+1, V] tensor, got "
                          f"{getattr(target_logits, 'shape', type(target_logits))}")
@@ -49,9 +49,6 @@ def check_spec_args(target_logits, draft_tokens, draft_probs, temperature, top_k
                          f"{getattr(draft_tokens, 'dtype', None)} {tuple(getattr(draft_tokens, 'shape', ()))}")
     if draft_tokens.device != dev:
         raise ValueError(f"spec_sample: draft_tokens is on {draft_tokens.device}, target_logits on {dev}")
-    if draft_tokens.numel() and (int(draft_tokens.min()) < 0 or int(draft_tokens.max()) >= V):
-        raise ValueError(f"spec_sample: draft_tokens must be token ids in [0, {V}), got values in "
-                         f"[{int(draft_tokens.min())}, {int(draft_tokens.max())}]")
     if draft_probs is not None:
         if not isinstance(draft_probs, torch.Tensor) or tuple(draft_probs.shape) != (B, G1 - 1, V) or \
                 draft_probs.dtype not in _FLOAT_DTYPES:
@@ -72,6 +69,13 @@ def check_spec_args(target_logits, draft_tokens, draft_probs, temperature, top_k
         raise ValueError(f"spec_sample: tail_alpha must be in [0, 1] (0 = off), got {tail_alpha!r}")
     if residual not in RESIDUALS:
         raise ValueError(f"spec_sample: residual must be one of {RESIDUALS}, got {residual!r}")
+
+
+def check_draft_ids(draft_tokens: torch.Tensor, V: int) -> None:
+    """Draft ids in [0, V) (two host syncs on a GPU; the C++ and CUDA launchers check them without)."""
+    if draft_tokens.numel() and (int(draft_tokens.min()) < 0 or int(draft_tokens.max()) >= V):
+        raise ValueError(f"spec_sample: draft_tokens must be token ids in [0, {V}), got values in "
+                         f"[{int(draft_tokens.min())}, {int(draft_tokens.max())}]")
 
 
 def check_spec_data(target_logits: torch.Tensor, draft_probs: Optional[torch.Tensor]) -> None:
@@ -122,7 +126,8 @@ def spec_sample(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_p
     """
     check_spec_args(target_logits, draft_tokens, draft_probs, temperature, top_k, top_p, eta, tail_alpha, residual)
     be = _ext.resolve_backend(backend, target_logits.device, "spec_sample")
-    if be in ("torch", "triton"):  # the C++/CUDA launchers check the data inside their first pass
+    if be in ("torch", "triton"):  # the C++/CUDA launchers check ids and data inside their first pass
+        check_draft_ids(draft_tokens, target_logits.shape[-1])
         check_spec_data(target_logits, draft_probs)
     B, G1, _ = target_logits.shape
     uniforms = draw_uniforms(B, G1 - 1, target_logits.device, generator)
