@@ -122,7 +122,7 @@ def test_prefill_chunk(isa, kv_dtype, force_isa):
 
 @needs_cpu
 @pytest.mark.parametrize("isa", cpu_isas())
-@pytest.mark.parametrize("kv_dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("kv_dtype", FORMATS)
 def test_batch_invariance_bitwise(isa, kv_dtype, force_isa, monkeypatch):
     """Row i of an n_query=k call equals the n_query=1 call at that position, bit for bit (fp32), on
     either schedule (split-parallel, or row blocks when the partials would not fit)."""
@@ -139,6 +139,24 @@ def test_batch_invariance_bitwise(isa, kv_dtype, force_isa, monkeypatch):
         # batch 0: query i sits at L + i; batch 1 (seqlen 2 shorter) at L - 2 + i
         assert torch.equal(one[0, 0], many[0, i]), f"row {i}"
         assert torch.equal(one[1, 0], many[1, i]), f"row {i} of batch 1"
+
+
+@needs_cpu
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_int4_strided_scales(isa, force_isa):
+    """int4 scale/zero views with a token stride wider than D/32 (only the last dim contiguous)."""
+    force_isa(isa)
+    q, k, v, sl = make_case(1, 3, 8, 2, 700, 128, "int4", seqlens=[650])
+
+    def widen(t):  # same values, token stride 2 x D/32
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., :t.shape[-1]] = t
+        return wide[..., :t.shape[-1]]
+    k2, v2 = (ops.QuantizedKV(t.data, widen(t.scale), widen(t.zero), "int4") for t in (k, v))
+    assert k2.scale.stride(2) == 2 * k.scale.stride(2)
+    out = run("cpu", q, k2, v2, sl)
+    check_close(out, q, k, v, sl, what=f"{isa} int4 strided scales")
+    assert torch.equal(out, run("cpu", q, k, v, sl))
 
 
 @needs_cpu
