@@ -23,32 +23,32 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
                                                     double top_p, double eta, double tail_alpha,
                                                     const std::string& residual) {
   auto is_float = [](at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; };
-  TORCH_CHECK_VALUE(target_logits.dim() == 3 && target_logits.is_cuda() && is_float(target_logits.scalar_type()),
+  RAPID_CHECK_VALUE(target_logits.dim() == 3 && target_logits.is_cuda() && is_float(target_logits.scalar_type()),
                     "spec_sample: target_logits must be a CUDA float32/bfloat16/float16 [B, gamma+1, V] tensor, got ",
                     target_logits.scalar_type(), " ", target_logits.sizes(), " on ", target_logits.device());
   const int64_t B = target_logits.size(0), G = target_logits.size(1) - 1, V = target_logits.size(2);
-  TORCH_CHECK_VALUE(G >= 0 && V >= 1 && V < (int64_t{1} << 31), "spec_sample: target_logits needs gamma+1 >= 1 and ",
+  RAPID_CHECK_VALUE(G >= 0 && V >= 1 && V < (int64_t{1} << 31), "spec_sample: target_logits needs gamma+1 >= 1 and ",
                     "1 <= V < 2^31, got ", target_logits.sizes());
   const auto dev = target_logits.device();
-  TORCH_CHECK_VALUE(draft_tokens.scalar_type() == at::kLong && draft_tokens.dim() == 2 && draft_tokens.size(0) == B &&
+  RAPID_CHECK_VALUE(draft_tokens.scalar_type() == at::kLong && draft_tokens.dim() == 2 && draft_tokens.size(0) == B &&
                         draft_tokens.size(1) == G && draft_tokens.device() == dev,
                     "spec_sample: draft_tokens must be int64 [B, gamma] = [", B, ", ", G, "] on ", dev, ", got ",
                     draft_tokens.scalar_type(), " ", draft_tokens.sizes(), " on ", draft_tokens.device());
-  TORCH_CHECK_VALUE(uniforms.scalar_type() == at::kDouble && uniforms.dim() == 2 && uniforms.size(0) == B &&
+  RAPID_CHECK_VALUE(uniforms.scalar_type() == at::kDouble && uniforms.dim() == 2 && uniforms.size(0) == B &&
                         uniforms.size(1) == G + 1 && uniforms.device() == dev,
                     "spec_sample: uniforms must be float64 [B, gamma+1] = [", B, ", ", G + 1, "] on ", dev);
   if (draft_probs.has_value())
-    TORCH_CHECK_VALUE(is_float(draft_probs->scalar_type()) && draft_probs->dim() == 3 && draft_probs->size(0) == B &&
+    RAPID_CHECK_VALUE(is_float(draft_probs->scalar_type()) && draft_probs->dim() == 3 && draft_probs->size(0) == B &&
                           draft_probs->size(1) == G && draft_probs->size(2) == V && draft_probs->device() == dev,
                       "spec_sample: draft_probs must be float32/bfloat16/float16 [B, gamma, V] = [", B, ", ", G, ", ",
                       V, "] on ", dev, ", got ", draft_probs->scalar_type(), " ", draft_probs->sizes());
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0,
+  RAPID_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0,
                     "spec_sample: temperature must be a finite number >= 0 (0 = greedy), got ", temperature);
-  TORCH_CHECK_VALUE(top_k >= 0, "spec_sample: top_k must be >= 0 (0 = off), got ", top_k);
-  TORCH_CHECK_VALUE(top_p > 0 && top_p <= 1, "spec_sample: top_p must be in (0, 1] (1 = off), got ", top_p);
-  TORCH_CHECK_VALUE(std::isfinite(eta), "spec_sample: eta must be a finite number, got ", eta);
-  TORCH_CHECK_VALUE(tail_alpha >= 0 && tail_alpha <= 1, "spec_sample: tail_alpha must be in [0, 1], got ", tail_alpha);
-  TORCH_CHECK_VALUE(residual == "exact" || residual == "paper",
+  RAPID_CHECK_VALUE(top_k >= 0, "spec_sample: top_k must be >= 0 (0 = off), got ", top_k);
+  RAPID_CHECK_VALUE(top_p > 0 && top_p <= 1, "spec_sample: top_p must be in (0, 1] (1 = off), got ", top_p);
+  RAPID_CHECK_VALUE(std::isfinite(eta), "spec_sample: eta must be a finite number, got ", eta);
+  RAPID_CHECK_VALUE(tail_alpha >= 0 && tail_alpha <= 1, "spec_sample: tail_alpha must be in [0, 1], got ", tail_alpha);
+  RAPID_CHECK_VALUE(residual == "exact" || residual == "paper",
                     "spec_sample: residual must be 'exact' or 'paper', got '", residual, "'");
   const c10::cuda::CUDAGuard guard(dev);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev.index()).stream();
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   // Big slices: enough blocks to fill the GPU for small calls, long enough to amortize the histogram flush.
   const int64_t slice = std::min<int64_t>((V + 1023) / 1024 * 1024, U * V <= (int64_t{1} << 22) ? 2048 : 8192);
   const int64_t ns = (V + slice - 1) / slice, ns_small = (V + kSmallSlice - 1) / kSmallSlice;
-  TORCH_CHECK_VALUE(U * std::max(ns, ns_small) < (int64_t{1} << 31), "spec_sample: target_logits ",
+  RAPID_CHECK_VALUE(U * std::max(ns, ns_small) < (int64_t{1} << 31), "spec_sample: target_logits ",
                     target_logits.sizes(),
                     " needs more than 2^31 CUDA blocks");
 
@@ -92,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   int64_t bytes = 0;
   auto take = [&](int64_t n) { const int64_t at = bytes; bytes += (n + 15) / 16 * 16; return at; };
   const int64_t o_pmax = take(U * ns * 4), o_pq = take(U * ns * 4), o_perr = take(U * ns * 4);
+  const int64_t o_pe = take(U * ns * 4);
   const int64_t o_zmax = take(U * 4), o_err = take(U * 4), o_mode = take(U * 4), o_bhi = take(U * 4);
   const int64_t o_beyond = take(U * 8), o_ticket = take(U * 4), o_fill = take(U * 4);
   const int64_t o_hc = take(use_hist ? U * kHistBins * 4 : 0), o_hm = take(use_hist ? U * kHistBins * 8 : 0);
@@ -138,6 +139,7 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   pr.greedy = temperature == 0, pr.paper = residual == "paper", pr.tail = tail_alpha > 0, pr.vec4 = vec4;
   pr.part_max = static_cast<float*>(at_(o_pmax));
   pr.part_qsum = static_cast<float*>(at_(o_pq));
+  pr.part_esum = static_cast<float*>(at_(o_pe));
   pr.part_err = static_cast<int*>(at_(o_perr));
   pr.unit_zmax = static_cast<float*>(at_(o_zmax));
   pr.unit_err = static_cast<int*>(at_(o_err));
@@ -176,12 +178,12 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
     int err = 0;  // the one sync of the call
     C10_CUDA_CHECK(cudaMemcpyAsync(&err, pr.error, sizeof(int), cudaMemcpyDeviceToHost, stream));
     C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-    TORCH_CHECK_VALUE(!(err & spec_cuda::kBadLogit), "spec_sample: target_logits contains NaN or +inf (-inf is the ",
+    RAPID_CHECK_VALUE(!(err & spec_cuda::kBadLogit), "spec_sample: target_logits contains NaN or +inf (-inf is the ",
                       "only allowed mask value)");
-    TORCH_CHECK_VALUE(!(err & spec_cuda::kEmptyRow), "spec_sample: target_logits has a row that is -inf everywhere");
-    TORCH_CHECK_VALUE(!(err & spec_cuda::kBadProb), "spec_sample: draft_probs must be finite and >= 0");
-    TORCH_CHECK_VALUE(!(err & spec_cuda::kBadSum), "spec_sample: draft_probs rows must sum to 1");
-    TORCH_CHECK_VALUE(!(err & spec_cuda::kBadDraft), "spec_sample: draft_tokens must be token ids in [0, ", V, ")");
+    RAPID_CHECK_VALUE(!(err & spec_cuda::kEmptyRow), "spec_sample: target_logits has a row that is -inf everywhere");
+    RAPID_CHECK_VALUE(!(err & spec_cuda::kBadProb), "spec_sample: draft_probs must be finite and >= 0");
+    RAPID_CHECK_VALUE(!(err & spec_cuda::kBadSum), "spec_sample: draft_probs rows must sum to 1");
+    RAPID_CHECK_VALUE(!(err & spec_cuda::kBadDraft), "spec_sample: draft_tokens must be token ids in [0, ", V, ")");
   }
   return {tokens, num_accepted};
 }

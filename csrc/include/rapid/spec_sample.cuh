@@ -47,6 +47,7 @@ struct Params {
   // Split path (spec_sample_split.cuh) scratch, all written before they are read; U = B (G+1) units.
   float* part_max;                 // [U, ns] per-slice max logit
   float* part_qsum;                // [U, ns] per-slice draft-row sum
+  float* part_esum;                // [U, ns] per-slice sum of exp((z - slice max) / T)
   int* part_err;                   // [U, ns] per-slice Error bits
   float* unit_zmax;                // [U]
   int* unit_err;                   // [U]

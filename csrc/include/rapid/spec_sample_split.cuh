@@ -108,19 +108,28 @@ __global__ void __launch_bounds__(kSplitThreads) stats_kernel(Params pr) {
   const int64_t unit = blockIdx.x / pr.ns, s = blockIdx.x % pr.ns;
   const UnitRef r(pr, unit);
   const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
-  float zmax = -INFINITY, qsum = 0.f;
+  float zmax = -INFINITY, esum = 0.f, qsum = 0.f;  // esum: sum of exp((z - zmax) / T), zmax running (online)
   int bad = 0;
   for_range<kSplitThreads>(r.z, r.q, x0, x1, pr.vec4, [&](int64_t, float zx, float qx) {
-    bad |= (isnan(zx) || zx == INFINITY) ? kBadLogit : 0;
-    zmax = fmaxf(zmax, zx);
+    const bool bad_z = isnan(zx) || zx == INFINITY;
+    bad |= bad_z ? kBadLogit : 0;
+    if (!bad_z && zx > zmax) {
+      esum = (zmax == -INFINITY ? 0.f : esum * __expf((zmax - zx) * pr.inv_t)) + 1.f;
+      zmax = zx;
+    } else if (!bad_z) {
+      esum += __expf((zx - zmax) * pr.inv_t);
+    }
     bad |= (!(qx >= 0.f) || qx == INFINITY) ? kBadProb : 0;
     qsum += qx;
   });
-  zmax = split_reduce(sh, zmax, MaxF(), sh.f);
+  const float smax = split_reduce(sh, zmax, MaxF(), sh.f);
+  esum = smax == -INFINITY ? 0.f : esum * __expf((zmax - smax) * pr.inv_t);  // (-inf - smax: exp -> 0)
+  esum = split_reduce(sh, esum, SumF(), sh.f);
   qsum = split_reduce(sh, qsum, SumF(), sh.f);
   bad = split_reduce(sh, bad, OrI(), sh.i);
   if (threadIdx.x == 0) {
-    pr.part_max[blockIdx.x] = zmax;
+    pr.part_max[blockIdx.x] = smax;
+    pr.part_esum[blockIdx.x] = esum;
     pr.part_qsum[blockIdx.x] = qsum;
     pr.part_err[blockIdx.x] = bad;
     if (s == 0) pr.unit_ticket[unit] = 0, pr.unit_fill[unit] = 0, pr.unit_minbloc[unit] = kHistBins - 1;
@@ -231,6 +240,23 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   zmax = split_reduce(sh, zmax, MaxF(), sh.f);
   qsum = split_reduce(sh, qsum, SumF(), sh.f);
   err = split_reduce(sh, err, OrI(), sh.i);
+  // Top-p alone: tokens with e = exp((z - zmax) / T) < eps = (1 - top_p) S / (4 V) hold under a quarter of the
+  // excluded mass, so the top-p set and its boundary bin lie before far_bin: tokens from there on are counted
+  // in registers and lumped into the last bin (no shared atomics for most of the vocabulary). S is estimated
+  // from the slices' online sums (float; the margin of 4 covers it).
+  int far_bin = kHistBins - 1;
+  if (!(pr.top_k > 0 && pr.top_k < pr.V) && pr.top_p < 1.f && zmax > -INFINITY) {
+    float S = 0.f;
+    for (int64_t j = threadIdx.x; j < pr.ns; j += kSplitThreads) {
+      const float m = pr.part_max[unit * pr.ns + j];
+      if (m > -INFINITY) S += pr.part_esum[unit * pr.ns + j] * __expf((m - zmax) * pr.inv_t);
+    }
+    S = split_reduce(sh, S, SumF(), sh.f);
+    const float eps = 0.25f * (1.f - pr.top_p) * S / static_cast<float>(pr.V);
+    const float d_far = eps > 0.f ? -logf(eps) : INFINITY;  // e >= eps  <=>  d <= d_far
+    if (d_far * kBinsPerUnit < static_cast<float>(kHistBins - 2))
+      far_bin = static_cast<int>(d_far * kBinsPerUnit) + 1;
+  }
   if (zmax == -INFINITY) err |= kEmptyRow;
   if (s == 0 && threadIdx.x == 0) {
     int e = err;
@@ -253,19 +279,22 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) h_cnt[j] = 0, h_mass[j] = 0;
   __syncthreads();
   const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
-  unsigned int far = 0;  // tokens in the last bin (d >= 128: fixed-point mass 0), counted without atomics
+  unsigned int far = 0;  // tokens in bins >= far_bin, counted (and their mass summed) without atomics
+  unsigned long long far_mass = 0;
   for_range<kSplitThreads>(r.z, nullptr, x0, x1, pr.vec4, [&](int64_t, float zx, float) {
     if (zx == -INFINITY) return;
     const int bin = hist_bin(zx, zmax, pr.inv_t);
-    if (bin == kHistBins - 1) {
+    const unsigned long long w = fx_mass(zx, zmax, pr);
+    if (bin >= far_bin) {
       ++far;
+      far_mass += w;
       return;
     }
     atomicAdd(&h_cnt[bin], 1u);
-    const unsigned long long w = fx_mass(zx, zmax, pr);
     if (w) atomicAdd(&h_mass[bin], w);
   });
   if (far) atomicAdd(&h_cnt[kHistBins - 1], far);
+  if (far_mass) atomicAdd(&h_mass[kHistBins - 1], far_mass);
   __syncthreads();
   if (pr.use_local) {  // this slice's best tokens, up to local_cap of them: the bins before the cap is crossed
     constexpr int kPer = kHistBins / kSplitThreads;
@@ -281,7 +310,8 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
         break;
       }
     }
-    const long long bloc = split_reduce(sh, hit, MinLL(), sh.l);  // -1: not even the best bin fits
+    // -1: not even the best bin fits; never into the lumped far bins (their tokens are not counted per bin)
+    const long long bloc = min(split_reduce(sh, hit, MinLL(), sh.l), static_cast<long long>(far_bin) - 1);
     int len = 0;
     if (bloc >= 0)
       len = write_list(sh, pr, r.z, r.q, x0, x1, zmax, static_cast<int>(bloc),
@@ -331,8 +361,8 @@ __global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
 struct FinishShared {
   unsigned int h_cnt[kHistBins];
   unsigned long long h_mass[kHistBins];
-  int seg_off[kSegChunk], seg_len[kSegChunk], seg_base[kSegChunk], seg_cnt[kSegChunk];
-  int pos_d, off, nsub;
+  int seg_off[kSegChunk], seg_base[kSegChunk];
+  int pos_d, nsub;
 };
 
 // First bin (of kHistBins) whose inclusive prefix of val(bin) reaches target (INT64_MAX if none); *excl = the
@@ -411,14 +441,16 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
   const int64_t xd = r.is_draft ? pr.drafts[r.b * G + r.i] : -1;
 
   // Load the candidates (bin <= bhi) in segment order (= id order) from the histogram blocks' lists or from the
-  // gather pass; count per segment first (a warp per segment, ballots), then place; histogram of the candidates.
+  // gather pass: the segments' raw entries are numbered in order, taken in tiles of 4 per thread (all loads of
+  // a tile in flight at once), kept ones placed by a block scan; histogram of the candidates.
   const bool lists = pr.unit_lists[unit];
   const int bhi = pr.unit_bhi[unit];
   const Cand* src = lists ? pr.cand_local + unit * pr.ns * pr.local_cap : pr.cand + unit * cap;
+  const int64_t src_len = lists ? pr.ns * pr.local_cap : cap;
   const int64_t nseg = lists ? pr.ns : pr.ns_small;
-  if (threadIdx.x == 0) fs.pos_d = -1, fs.off = 0;
+  if (threadIdx.x == 0) fs.pos_d = -1;
   for (int j = threadIdx.x; j < kHistBins; j += kThreads) fs.h_cnt[j] = 0, fs.h_mass[j] = 0;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int placed = 0;  // uniform
   for (int64_t c0 = 0; c0 < nseg; c0 += kSegChunk) {
     const int64_t sl = c0 + threadIdx.x;
     int len = 0, base = 0;
@@ -427,48 +459,51 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
       base = lists ? static_cast<int>(sl * pr.local_cap) : pr.seg_base[unit * pr.ns_small + sl];
       if (lists) len = static_cast<int>(min(static_cast<int64_t>(len), pr.local_cap));
     }
-    fs.seg_len[threadIdx.x] = len, fs.seg_base[threadIdx.x] = base;
+    int raw_at, raw_total;
+    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(len, raw_at, raw_total);
     __syncthreads();
-    for (int k = warp; k < kSegChunk; k += kThreads / 32) {
-      int cnt = 0;
-      for (int j0 = 0; j0 < fs.seg_len[k]; j0 += 32) {
-        const int j = j0 + lane, at = fs.seg_base[k] + j;
-        const bool take = j < fs.seg_len[k] && at < (lists ? pr.ns * pr.local_cap : cap) &&
-                          hist_bin(src[at].z, zmax, pr.inv_t) <= bhi;
-        cnt += __popc(__ballot_sync(0xffffffffu, take));
+    fs.seg_off[threadIdx.x] = raw_at, fs.seg_base[threadIdx.x] = base;
+    __syncthreads();
+    const int nk = static_cast<int>(min(static_cast<int64_t>(kSegChunk), nseg - c0));
+    for (int r0 = 0; r0 < raw_total; r0 += 4 * kThreads) {
+      Cand c[4];
+      bool take[4];
+      int mine = 0;
+      for (int k = 0; k < 4; ++k) {
+        const int rr = r0 + 4 * static_cast<int>(threadIdx.x) + k;
+        c[k] = Cand{-1, -INFINITY, 0.f};
+        if (rr < raw_total) {
+          int lo = 0, hi = nk - 1;  // the last segment starting at or before rr (empty ones share offsets)
+          while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (fs.seg_off[mid] <= rr) lo = mid;
+            else hi = mid - 1;
+          }
+          const int64_t at = static_cast<int64_t>(fs.seg_base[lo]) + (rr - fs.seg_off[lo]);
+          if (at < src_len) c[k] = src[at];
+        }
+        take[k] = c[k].id >= 0 && hist_bin(c[k].z, zmax, pr.inv_t) <= bhi;
+        mine += take[k];
       }
-      if (lane == 0) fs.seg_cnt[k] = cnt;
-    }
-    __syncthreads();
-    int at_seg, total;
-    cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(fs.seg_cnt[threadIdx.x], at_seg, total);
-    __syncthreads();
-    fs.seg_off[threadIdx.x] = fs.off + at_seg;
-    __syncthreads();
-    for (int k = warp; k < kSegChunk; k += kThreads / 32) {
-      int off = fs.seg_off[k];
-      for (int j0 = 0; j0 < fs.seg_len[k]; j0 += 32) {
-        const int j = j0 + lane, at = fs.seg_base[k] + j;
-        Cand c{-1, -INFINITY, 0.f};
-        if (j < fs.seg_len[k] && at < (lists ? pr.ns * pr.local_cap : cap)) c = src[at];
-        const bool take = c.id >= 0 && hist_bin(c.z, zmax, pr.inv_t) <= bhi;
-        const unsigned int mask = __ballot_sync(0xffffffffu, take);
-        const int p = off + __popc(mask & ((1u << lane) - 1u));
-        off += __popc(mask);
-        if (!take || p >= cap) continue;
-        zs[p] = c.z, qs[p] = c.q, ids[p] = c.id;
-        if (c.id == xd) fs.pos_d = p;
-        const int bin = hist_bin(c.z, zmax, pr.inv_t);
-        atomicAdd(&fs.h_cnt[bin], 1u);
-        const unsigned long long w = fx_mass(c.z, zmax, pr);
-        if (w) atomicAdd(&fs.h_mass[bin], w);
+      int before, tile_total;
+      cub::BlockScan<int, kThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
+      for (int k = 0, p = placed + before; k < 4; ++k) {
+        if (!take[k]) continue;
+        if (p < cap) {
+          zs[p] = c[k].z, qs[p] = c[k].q, ids[p] = c[k].id;
+          if (c[k].id == xd) fs.pos_d = p;
+          const int bin = hist_bin(c[k].z, zmax, pr.inv_t);
+          atomicAdd(&fs.h_cnt[bin], 1u);
+          const unsigned long long w = fx_mass(c[k].z, zmax, pr);
+          if (w) atomicAdd(&fs.h_mass[bin], w);
+        }
+        ++p;
       }
+      placed += tile_total;
+      __syncthreads();
     }
-    __syncthreads();
-    if (threadIdx.x == 0) fs.off += total;
-    __syncthreads();
   }
-  const int n = static_cast<int>(min(static_cast<int64_t>(fs.off), cap));
+  const int n = static_cast<int>(min(static_cast<int64_t>(placed), cap));
 
   // Top-k: bins before kb are in, bin kb keeps its best (k - count before) tokens.
   const bool use_k = pr.top_k > 0 && pr.top_k < pr.V;
