@@ -153,20 +153,22 @@ def bench_inputs(B, G, V, device):
     return z, d, q, u
 
 
-def profile_largest(backend):
+def profile_shapes(backend):
     from bench_spec_sample import _args
     from torch.profiler import ProfilerActivity, profile
-    args = _args(*bench_inputs(8, 10, 152_064, "cuda"))
-    kernel(backend, *args)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            kernel(backend, *args)
-    for key in ("device_time_total", "cuda_time_total"):  # the name changed across torch versions
-        try:
-            print(prof.key_averages().table(sort_by=key, row_limit=10, max_name_column_width=40))
-            break
-        except Exception as e:  # noqa: BLE001
-            print(f"profile table by {key}: {e}")
+    for shape in [(8, 10, 152_064), (1, 4, 32_000)]:
+        args = _args(*bench_inputs(*shape, "cuda"))
+        kernel(backend, *args)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                kernel(backend, *args)
+        print(f"profile of 10 calls, B, gamma, V = {shape}")
+        for key in ("device_time_total", "cuda_time_total"):  # the name changed across torch versions
+            try:
+                print(prof.key_averages().table(sort_by=key, row_limit=9, max_name_column_width=40))
+                break
+            except Exception as e:  # noqa: BLE001
+                print(f"profile table by {key}: {e}")
 
 
 def speed(backend):
@@ -204,8 +206,8 @@ def speed(backend):
                            tiny_kernel_us=launch * 1e6, tiny_kernel_sync_us=synced * 1e6,
                            settings="top-p 0.9, eta 10, temperature 1, tail_alpha 0.1, exact; wall time per call "
                                     "including the call's one host sync", rows=rows), fh, indent=1)
-    try:  # where the time goes at the largest shape: per-kernel GPU times
-        profile_largest(backend)
+    try:  # where the time goes: per-kernel GPU times
+        profile_shapes(backend)
     except Exception as e:  # noqa: BLE001 - the figures above are already out
         print(f"profile failed: {type(e).__name__}: {e}")
     return rows

@@ -6,4 +6,4 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONPATH=.
 timeout 70 python3 bench/spec_sample_gpu_check.py cuda 2>&1 | tee "$OUT/sampler_check.log" | tail -60
-timeout 45 python3 bench/spec_sample_gpu_check.py cuda speed 2>&1 | tee "$OUT/sampler_speed.log" | tail -45
+timeout 45 python3 bench/spec_sample_gpu_check.py cuda speed 2>&1 | tee "$OUT/sampler_speed.log" | tail -70
