@@ -227,7 +227,7 @@ def run_sweep(seq_lens, n_queries, formats, iters: int, head_sets=(LLAMA, SMOLLM
                 shapes=dict(heads=[list(h) for h in head_sets], batch=1), rows=rows)
 
 
-def sweep_triton_configs(S: int = 32768, formats=("bf16", "int4"), heads=LLAMA) -> list:
+def sweep_triton_configs(S: int = 32768, formats=("bf16", "int8", "int4"), heads=LLAMA) -> list:
     """Graph time of the Triton split kernel per (BLOCK_N, num_warps, num_stages) and split size, one query."""
     from rapid_engine.triton.verify_attention import choose_split_size, verify_attention_triton
     qh, kvh, D = heads
@@ -238,8 +238,8 @@ def sweep_triton_configs(S: int = 32768, formats=("bf16", "int4"), heads=LLAMA) 
         q = torch.randn(1, 1, qh, D, device="cuda", dtype=torch.bfloat16)
         auto = choose_split_size(S, 1, kvh, 1, q.device)
         bw = copy_bandwidth()
-        trials = [((64, 4, 2), auto), ((64, 4, 3), auto), ((128, 4, 3), auto), ((128, 8, 3), auto),
-                  ((32, 4, 4), auto), ((64, 4, 3), auto // 2), ((64, 4, 3), 2 * auto)]
+        trials = [((64, 4, 2), auto), ((64, 4, 3), auto), ((128, 4, 2), auto), ((128, 8, 2), auto),
+                  ((32, 4, 2), auto), ((64, 4, 2), auto // 2), ((64, 4, 2), 2 * auto)]
         args = [(q, kd, vd, ks, kz, vs, vz, seqlens, kv_dtype, 1 / math.sqrt(D)) for (kd, ks, kz), (vd, vs, vz) in caches]
         for cfg, split in trials:
             fn = lambda *a: verify_attention_triton(*a, split_size=split, config=cfg)  # noqa: E731

@@ -4,6 +4,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "rapid/check.h"
+
 #include <algorithm>
 #include <tuple>
 #include <vector>
@@ -47,30 +49,30 @@ bool given(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defi
 // base pointer and of the batch/head/token strides (the kernels read rows with vector loads).
 void check_part(const char* op, const char* name, const at::Tensor& t, const std::vector<int64_t>& shape,
                 at::ScalarType dtype, const at::Device& device, int64_t vec_bytes = 0) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is missing");
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == dtype, op, ": ", name, " must be ", dtype,
+  RAPID_CHECK(t.defined(), op, ": ", name, " is missing");
+  RAPID_CHECK(t.sizes() == at::IntArrayRef(shape) && t.scalar_type() == dtype, op, ": ", name, " must be ", dtype,
               " ", at::IntArrayRef(shape), ", got ", t.scalar_type(), " ", t.sizes());
-  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but the op runs on ", device);
-  TORCH_CHECK(t.numel() == 0 || t.stride(-1) == 1, op, ": ", name, "'s last dimension must be contiguous (stride 1)");
+  RAPID_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but the op runs on ", device);
+  RAPID_CHECK(t.numel() == 0 || t.stride(-1) == 1, op, ": ", name, "'s last dimension must be contiguous (stride 1)");
   if (vec_bytes == 0 || t.numel() == 0) return;
   const int64_t es = t.element_size();
   bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % vec_bytes == 0;
   for (int i = 0; i < 3; ++i) aligned = aligned && (t.stride(i) * es) % vec_bytes == 0;
-  TORCH_CHECK(aligned, op, ": ", name, " must start on a ", vec_bytes,
+  RAPID_CHECK(aligned, op, ": ", name, " must start on a ", vec_bytes,
               "-byte boundary with batch/head/token strides that keep every row aligned (vector loads)");
 }
 
 void check_head_dim(const char* op, int f, int64_t D) {
-  TORCH_CHECK(D > 0, op, ": head_dim must be positive, got ", D);
-  TORCH_CHECK(f != kInt4 || D % 16 == 0, op, ": int4 KV needs head_dim to be a multiple of 16, got ", D);
+  RAPID_CHECK(D > 0, op, ": head_dim must be positive, got ", D);
+  RAPID_CHECK(f != kInt4 || D % 16 == 0, op, ": int4 KV needs head_dim to be a multiple of 16, got ", D);
 }
 
 void check_x(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.defined() && x.is_cuda(), op, ": x must be a CUDA tensor, got ",
+  RAPID_CHECK(x.defined() && x.is_cuda(), op, ": x must be a CUDA tensor, got ",
               x.defined() ? x.device() : at::Device(at::kCPU));
-  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, H, T, D], got ", x.sizes());
+  RAPID_CHECK(x.dim() == 4, op, ": x must be [B, H, T, D], got ", x.sizes());
   float_type_code(x, (std::string(op) + ": x").c_str());
-  TORCH_CHECK(x.size(0) * x.size(1) * x.size(2) < (int64_t(1) << 31) && x.size(3) < (int64_t(1) << 31), op,
+  RAPID_CHECK(x.size(0) * x.size(1) * x.size(2) < (int64_t(1) << 31) && x.size(3) < (int64_t(1) << 31), op,
               ": x is too large (", x.sizes(), ")");
 }
 
@@ -86,7 +88,7 @@ int kv_format_code(const std::string& kv_dtype, const char* op) {
   static const char* const names[] = {"fp32", "bf16", "fp16", "int8", "int4", "fp8"};
   for (int i = 0; i < 6; ++i)
     if (kv_dtype == names[i]) return i;
-  TORCH_CHECK(false, op, ": kv_dtype must be one of fp32, bf16, fp16, int8, int4, fp8, got '", kv_dtype, "'");
+  RAPID_CHECK(false, op, ": kv_dtype must be one of fp32, bf16, fp16, int8, int4, fp8, got '", kv_dtype, "'");
   return -1;
 }
 
@@ -95,7 +97,7 @@ int float_type_code(const at::Tensor& t, const char* what) {
     case at::kFloat: return 0;
     case at::kBFloat16: return 1;
     case at::kHalf: return 2;
-    default: TORCH_CHECK(false, what, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+    default: RAPID_CHECK(false, what, " must be float32, bfloat16 or float16, got ", t.scalar_type());
   }
   return -1;
 }
@@ -115,9 +117,9 @@ int check_kv_append(const at::Tensor& data, const at::Tensor& scale, const at::T
   check_x(op, x);
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
   check_head_dim(op, f, D);
-  TORCH_CHECK(data.dim() == 4, op, ": data must be [B, H, S_max, D(/2)], got ", data.sizes());
+  RAPID_CHECK(data.dim() == 4, op, ": data must be [B, H, S_max, D(/2)], got ", data.sizes());
   const int64_t s_max = data.size(2);
-  TORCH_CHECK(start >= 0 && start + T <= s_max, op, ": slots [", start, ", ", start + T, ") do not fit a cache of ",
+  RAPID_CHECK(start >= 0 && start + T <= s_max, op, ": slots [", start, ", ", start + T, ") do not fit a cache of ",
               s_max, " tokens");
   auto [dshape, sshape, zshape] = storage_shapes(f, B, H, s_max, D);
   check_part(op, "data", data, dshape, data_dtype(f), x.device());
@@ -130,17 +132,17 @@ int check_dequantize_kv(const at::Tensor& data, const c10::optional<at::Tensor>&
                         const c10::optional<at::Tensor>& zero, const std::string& kv_dtype, int64_t head_dim) {
   const char* op = "dequantize_kv";
   const int f = kv_format_code(kv_dtype, op);
-  TORCH_CHECK(data.is_cuda(), op, ": data must be a CUDA tensor, got ", data.device());
-  TORCH_CHECK(data.dim() == 4, op, ": data must be [B, H, T, D(/2)], got ", data.sizes());
+  RAPID_CHECK(data.is_cuda(), op, ": data must be a CUDA tensor, got ", data.device());
+  RAPID_CHECK(data.dim() == 4, op, ": data must be [B, H, T, D(/2)], got ", data.sizes());
   check_head_dim(op, f, head_dim);
   const int64_t B = data.size(0), H = data.size(1), T = data.size(2);
-  TORCH_CHECK(B * H * T * head_dim < (int64_t(1) << 40) && B * H * T < (int64_t(1) << 31), op,
+  RAPID_CHECK(B * H * T * head_dim < (int64_t(1) << 40) && B * H * T < (int64_t(1) << 31), op,
               ": data is too large (", data.sizes(), ")");
   auto [dshape, sshape, zshape] = storage_shapes(f, B, H, T, head_dim);
   check_part(op, "data", data, dshape, data_dtype(f), data.device());
-  TORCH_CHECK(given(scale) == !sshape.empty(), op, ": scale must be ", sshape.empty() ? "absent" : "given",
+  RAPID_CHECK(given(scale) == !sshape.empty(), op, ": scale must be ", sshape.empty() ? "absent" : "given",
               " for kv_dtype '", kv_dtype, "'");
-  TORCH_CHECK(given(zero) == !zshape.empty(), op, ": zero must be ", zshape.empty() ? "absent" : "given",
+  RAPID_CHECK(given(zero) == !zshape.empty(), op, ": zero must be ", zshape.empty() ? "absent" : "given",
               " for kv_dtype '", kv_dtype, "'");
   if (given(scale)) check_part(op, "scale", *scale, sshape, scale_dtype(f), data.device());
   if (given(zero)) check_part(op, "zero", *zero, zshape, at::kHalf, data.device());
@@ -156,29 +158,29 @@ VerifyArgs check_verify_attention(const at::Tensor& q, const at::Tensor& k, cons
   VerifyArgs a{};
   a.format = kv_format_code(kv_dtype, op);
   const int f = a.format;
-  TORCH_CHECK(q.is_cuda(), "verify_attention: q must be a CUDA tensor, got ", q.device());
-  TORCH_CHECK(q.dim() == 4, "verify_attention: q must be [B, n_query, q_heads, D], got ", q.sizes());
+  RAPID_CHECK(q.is_cuda(), "verify_attention: q must be a CUDA tensor, got ", q.device());
+  RAPID_CHECK(q.dim() == 4, "verify_attention: q must be [B, n_query, q_heads, D], got ", q.sizes());
   a.q_type = float_type_code(q, "verify_attention: q");
-  TORCH_CHECK(q.stride(3) == 1, "verify_attention: q's last dimension must be contiguous (stride 1)");
+  RAPID_CHECK(q.stride(3) == 1, "verify_attention: q's last dimension must be contiguous (stride 1)");
   a.B = q.size(0), a.n_query = q.size(1), a.q_heads = q.size(2), a.head_dim = q.size(3);
   const int64_t B = a.B, nq = a.n_query, qh = a.q_heads, D = a.head_dim;
-  TORCH_CHECK(k.dim() == 4 && v.dim() == 4, "verify_attention: k and v must be [B, kv_heads, S_max, D(/2)], got ",
+  RAPID_CHECK(k.dim() == 4 && v.dim() == 4, "verify_attention: k and v must be [B, kv_heads, S_max, D(/2)], got ",
               k.sizes(), " and ", v.sizes());
   a.kv_heads = k.size(1), a.s_max = k.size(2);
   const int64_t kvh = a.kv_heads, s_max = a.s_max;
-  TORCH_CHECK(kvh > 0 && qh % kvh == 0, "verify_attention: q_heads (", qh, ") must be a multiple of kv_heads (", kvh,
+  RAPID_CHECK(kvh > 0 && qh % kvh == 0, "verify_attention: q_heads (", qh, ") must be a multiple of kv_heads (", kvh,
               ")");
-  TORCH_CHECK(D == 64 || D == 80 || D == 96 || D == 128 || D == 256,
+  RAPID_CHECK(D == 64 || D == 80 || D == 96 || D == 128 || D == 256,
               "verify_attention (cuda): head_dim must be 64, 80, 96, 128 or 256, got ", D);
-  TORCH_CHECK(f != kInt4 || D % 16 == 0, "verify_attention: int4 KV needs head_dim % 16 == 0, got ", D);
+  RAPID_CHECK(f != kInt4 || D % 16 == 0, "verify_attention: int4 KV needs head_dim % 16 == 0, got ", D);
   const int64_t vec = verify_vector_bytes(f, D);
   auto [dshape, sshape, zshape] = storage_shapes(f, B, kvh, s_max, D);
   check_part(op, "k", k, dshape, data_dtype(f), q.device(), vec);
   check_part(op, "v", v, dshape, data_dtype(f), q.device(), vec);
   const bool scaled = has_scale(f);
-  TORCH_CHECK(given(k_scale) == scaled && given(v_scale) == scaled, "verify_attention: k_scale and v_scale must be ",
+  RAPID_CHECK(given(k_scale) == scaled && given(v_scale) == scaled, "verify_attention: k_scale and v_scale must be ",
               scaled ? "given" : "absent", " for kv_dtype '", kv_dtype, "'");
-  TORCH_CHECK(given(k_zero) == (f == kInt4) && given(v_zero) == (f == kInt4), "verify_attention: k_zero and v_zero must be ",
+  RAPID_CHECK(given(k_zero) == (f == kInt4) && given(v_zero) == (f == kInt4), "verify_attention: k_zero and v_zero must be ",
               f == kInt4 ? "given" : "absent", " for kv_dtype '", kv_dtype, "'");
   if (scaled) {
     check_part(op, "k_scale", *k_scale, sshape, scale_dtype(f), q.device());
@@ -187,15 +189,15 @@ VerifyArgs check_verify_attention(const at::Tensor& q, const at::Tensor& k, cons
   if (f == kInt4) {
     check_part(op, "k_zero", *k_zero, zshape, at::kHalf, q.device());
     check_part(op, "v_zero", *v_zero, zshape, at::kHalf, q.device());
-    TORCH_CHECK(k_zero->strides() == k_scale->strides() && v_zero->strides() == v_scale->strides(),
+    RAPID_CHECK(k_zero->strides() == k_scale->strides() && v_zero->strides() == v_scale->strides(),
                 "verify_attention: k_zero/v_zero must have the same strides as k_scale/v_scale");
   }
-  TORCH_CHECK(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == B,
+  RAPID_CHECK(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == B,
               "verify_attention: seqlens must be int32 [", B, "], got ", seqlens.scalar_type(), " ", seqlens.sizes());
-  TORCH_CHECK(seqlens.device() == q.device(), "verify_attention: seqlens is on ", seqlens.device(), " but q is on ",
+  RAPID_CHECK(seqlens.device() == q.device(), "verify_attention: seqlens is on ", seqlens.device(), " but q is on ",
               q.device());
-  TORCH_CHECK(seqlens.is_contiguous(), "verify_attention: seqlens must be contiguous, got strides ", seqlens.strides());
-  TORCH_CHECK(s_max < (int64_t(1) << 30) && nq * (qh / kvh) <= max_rows_per_grid_y && B * kvh <= 65535,
+  RAPID_CHECK(seqlens.is_contiguous(), "verify_attention: seqlens must be contiguous, got strides ", seqlens.strides());
+  RAPID_CHECK(s_max < (int64_t(1) << 30) && nq * (qh / kvh) <= max_rows_per_grid_y && B * kvh <= 65535,
               "verify_attention: sizes out of range for the CUDA kernel (S_max < 2^30, n_query * group <= ",
               max_rows_per_grid_y, ", B * kv_heads <= 65535), got S_max ", s_max, ", n_query * group ", nq * (qh / kvh),
               ", B * kv_heads ", B * kvh);
@@ -204,7 +206,7 @@ VerifyArgs check_verify_attention(const at::Tensor& q, const at::Tensor& k, cons
     const int* vals = host.data_ptr<int>();
     int64_t lo = vals[0], hi = vals[0];
     for (int64_t i = 1; i < B; ++i) lo = std::min<int64_t>(lo, vals[i]), hi = std::max<int64_t>(hi, vals[i]);
-    TORCH_CHECK(lo >= nq && hi <= s_max, "verify_attention: seqlens must lie in [n_query=", nq, ", S_max=", s_max,
+    RAPID_CHECK(lo >= nq && hi <= s_max, "verify_attention: seqlens must lie in [n_query=", nq, ", S_max=", s_max,
                 "], got values in [", lo, ", ", hi, "]");
   }
   return a;

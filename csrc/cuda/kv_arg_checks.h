@@ -1,8 +1,8 @@
-// Argument checks of the CUDA KV ops (quantize_kv, kv_append, dequantize_kv, verify_attention).
-// They live in a translation unit compiled by the host compiler (kv_arg_checks.cpp), never in a .cu:
-// on the H200 machine (torch 2.11, nvcc 13) a TORCH_CHECK thrown from nvcc-compiled code with
-// integers or sizes in its message crashed the process (rc -11) instead of raising. The .cu
-// launchers call these first and then only see validated arguments.
+// Argument checks of the CUDA KV ops (quantize_kv, kv_append, dequantize_kv, verify_attention), in one
+// host-compiled translation unit (kv_arg_checks.cpp): the .cu launchers call these first and then only
+// see validated arguments. Messages go through RAPID_CHECK (rapid/check.h): on the H200 image a failing
+// check whose message streamed an integer crashed the process (rc -11), in .cu and .cpp files alike
+// (GPU run 1: bench/gpu_bad_input_repro.py), so nothing here is formatted with iostreams.
 // Format and float codes follow the order of rapid::cuda::KvFormat / FloatType (rapid/kv_quant.cuh).
 #pragma once
 #include <ATen/core/Tensor.h>

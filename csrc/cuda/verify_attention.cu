@@ -15,6 +15,7 @@
 #include <string>
 
 #include "kv_launch.h"
+#include "rapid/check.h"
 #include "rapid/verify_attention_mma.cuh"
 
 namespace rapid {
@@ -98,7 +99,7 @@ void launch(const cuda::VerifyParams& p, int B, cudaStream_t stream, int device)
   if (smem > 48 * 1024) {
     int optin = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    TORCH_CHECK(smem <= (size_t)optin, "verify_attention: this head_dim needs more shared memory per block than the GPU allows");
+    RAPID_CHECK(smem <= (size_t)optin, "verify_attention: this head_dim needs more shared memory per block than the GPU allows");
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
   const dim3 grid(p.n_split, (p.rows + cuda::kRowsPerBlock - 1) / cuda::kRowsPerBlock, B * p.kv_heads);
@@ -115,7 +116,7 @@ void launch_for_dim(const cuda::VerifyParams& p, int D, int B, cudaStream_t stre
     case 96: return launch<F, 96>(p, B, stream, device);
     case 128: return launch<F, 128>(p, B, stream, device);
     case 256: return launch<F, 256>(p, B, stream, device);
-    default: TORCH_CHECK(false, "verify_attention (cuda): unsupported head_dim");  // checked before
+    default: RAPID_CHECK(false, "verify_attention (cuda): unsupported head_dim");  // checked before
   }
 }
 

@@ -261,8 +261,9 @@ __global__ void merge_splits_kernel(VerifyParams p, int B) {
   float acc[NJ], wsum = 0.f;
 #pragma unroll
   for (int j = 0; j < NJ; ++j) acc[j] = 0.f;
-  // kU splits' loads in flight at once; the sums still run in split order (deterministic).
-  constexpr int kU = 4;
+  // kU splits' loads in flight at once (a long cache has 100+ splits per row); the sums still run in
+  // split order (deterministic).
+  constexpr int kU = NJ <= 4 ? 16 : 8;
   int s = 0;
   for (; s + kU <= n_used; s += kU) {
     float w[kU], x[kU][NJ];

@@ -67,6 +67,13 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 
 template <> struct VecType<4> { using T = uint32_t; };
 
+// q[i], q[i + 1] as one MT pair. q's dtype is MT here, so the raw 16-bit values pass through exactly;
+// the loads are unconditional (callers point padding rows at a valid element and zero them after), so
+// all of a thread's q loads are in flight at once.
+__device__ __forceinline__ uint32_t load_q_pair(const unsigned short* q, int64_t i) {
+  return (uint32_t)q[i] | ((uint32_t)q[i + 1] << 16);
+}
+
 // How one thread reads its share of a key row: vectors of VB bytes holding EV values each;
 // `lanes` threads share a row (4 for K, 8 for V), so each thread reads NV = D / (lanes * EV) vectors.
 template <KvFormat F, int D, int kLanes>
@@ -191,14 +198,13 @@ __global__ void __launch_bounds__(kMmaThreads) verify_mma_kernel(VerifyParams p)
     const bool ok = g + 8 * rr < rows_here;
     limit[rr] = ok ? kv_len - p.n_query + r / p.group : -1;
     const int64_t qoff = ok ? b * p.q_sb + (r / p.group) * p.q_sn + (h * p.group + r % p.group) * p.q_sh : 0;
+    const unsigned short* q16 = static_cast<const unsigned short*>(p.q);
+    const uint32_t keep = ok ? 0xffffffffu : 0u;  // padding rows: +0.0
 #pragma unroll
     for (int j = 0; j < kSteps; ++j) {
       const int d0 = KS::dim(t, 4 * j);  // the thread's K values 4j .. 4j+3 are d0 .. d0+3
-      float x[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = ok ? load_float(p.q, qoff + d0 + e, p.q_type) : 0.f;
-      qa[j][rr] = pack2<MT>(x[0], x[1]);      // reg0 / reg1: k 2t, 2t+1
-      qa[j][2 + rr] = pack2<MT>(x[2], x[3]);  // reg2 / reg3: k 2t+8, 2t+9
+      qa[j][rr] = load_q_pair(q16, qoff + d0) & keep;          // reg0 / reg1: k 2t, 2t+1
+      qa[j][2 + rr] = load_q_pair(q16, qoff + d0 + 2) & keep;  // reg2 / reg3: k 2t+8, 2t+9
     }
   }
 
@@ -346,13 +352,13 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
     const bool ok = g + 8 * rr < rows_here;
     limit[rr] = ok ? kv_len - p.n_query + r / p.group : -1;
     const int64_t qoff = ok ? b * p.q_sb + (r / p.group) * p.q_sn + (h * p.group + r % p.group) * p.q_sh : 0;
+    const unsigned short* q16 = static_cast<const unsigned short*>(p.q);
+    const uint32_t keep = ok ? 0xffffffffu : 0u;  // padding rows: +0.0
 #pragma unroll
     for (int j = 0; j < kSteps; ++j) {  // natural d order: k 2t, 2t+1 and 2t+8, 2t+9 of step j
       const int d0 = 16 * j + 2 * t;
-      qa[j][rr] = pack2<MT>(ok ? load_float(p.q, qoff + d0, p.q_type) : 0.f,
-                            ok ? load_float(p.q, qoff + d0 + 1, p.q_type) : 0.f);
-      qa[j][2 + rr] = pack2<MT>(ok ? load_float(p.q, qoff + d0 + 8, p.q_type) : 0.f,
-                                ok ? load_float(p.q, qoff + d0 + 9, p.q_type) : 0.f);
+      qa[j][rr] = load_q_pair(q16, qoff + d0) & keep;
+      qa[j][2 + rr] = load_q_pair(q16, qoff + d0 + 8) & keep;
     }
   }
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
