@@ -34,33 +34,33 @@ at::Tensor verify_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& seqlens, const std::string& kv_dtype, double sm_scale) {
   constexpr const char* op = "verify_attention";
   const KvFormat f = parse_kv_dtype(kv_dtype, op);
-  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, n_query, q_heads, D], got ", q.sizes());
+  RAPID_CHECK(q.dim() == 4, op, ": q must be [B, n_query, q_heads, D], got ", q.sizes());
   const auto qdt = q.scalar_type();
-  TORCH_CHECK(qdt == at::kFloat || qdt == at::kBFloat16 || qdt == at::kHalf, op,
+  RAPID_CHECK(qdt == at::kFloat || qdt == at::kBFloat16 || qdt == at::kHalf, op,
               ": q must be float32, bfloat16 or float16, got ", qdt);
-  TORCH_CHECK(q.device().is_cpu(), op, ": q must be a CPU tensor, got ", q.device());
-  TORCH_CHECK(q.size(3) == 0 || q.stride(3) == 1, op, ": q's last dimension must be contiguous");
+  RAPID_CHECK(q.device().is_cpu(), op, ": q must be a CPU tensor, got ", q.device());
+  RAPID_CHECK(q.size(3) == 0 || q.stride(3) == 1, op, ": q's last dimension must be contiguous");
   const int64_t B = q.size(0), nq = q.size(1), qh = q.size(2), D = q.size(3);
-  TORCH_CHECK(nq >= 1 && qh >= 1 && D >= 1, op, ": q must have n_query, q_heads and D >= 1, got ", q.sizes());
+  RAPID_CHECK(nq >= 1 && qh >= 1 && D >= 1, op, ": q must have n_query, q_heads and D >= 1, got ", q.sizes());
   for (const auto* t : {&k, &v, &seqlens})
-    TORCH_CHECK(t->device() == q.device(), op, ": k, v and seqlens must be on q's device (", q.device(), "), got ",
+    RAPID_CHECK(t->device() == q.device(), op, ": k, v and seqlens must be on q's device (", q.device(), "), got ",
                 t->device());
   const at::Tensor ks = opt_or_empty(k_scale), kz = opt_or_empty(k_zero);
   const at::Tensor vs = opt_or_empty(v_scale), vz = opt_or_empty(v_zero);
   check_kv_storage(op, "k", k, ks, kz, f, D);
   check_kv_storage(op, "v", v, vs, vz, f, D);
-  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k ", k.sizes(), " and v ", v.sizes(), " must have the same shape");
-  TORCH_CHECK(k.size(0) == B, op, ": k batch ", k.size(0), " != q batch ", B);
+  RAPID_CHECK(k.sizes() == v.sizes(), op, ": k ", k.sizes(), " and v ", v.sizes(), " must have the same shape");
+  RAPID_CHECK(k.size(0) == B, op, ": k batch ", k.size(0), " != q batch ", B);
   const int64_t kvh = k.size(1), s_max = k.size(2);
-  TORCH_CHECK(kvh >= 1 && qh % kvh == 0, op, ": q_heads (", qh, ") must be a multiple of kv_heads (", kvh, ")");
-  TORCH_CHECK(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == B, op,
+  RAPID_CHECK(kvh >= 1 && qh % kvh == 0, op, ": q_heads (", qh, ") must be a multiple of kv_heads (", kvh, ")");
+  RAPID_CHECK(seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == B, op,
               ": seqlens must be int32 [", B, "], got ", seqlens.scalar_type(), " ", seqlens.sizes());
   const at::Tensor sl = seqlens.contiguous();
   const int32_t* slp = sl.data_ptr<int32_t>();
   for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(slp[b] >= nq && slp[b] <= s_max, op, ": seqlens[", b, "] = ", slp[b],
+    RAPID_CHECK(slp[b] >= nq && slp[b] <= s_max, op, ": seqlens[", b, "] = ", slp[b],
                 " must lie in [n_query=", nq, ", S_max=", s_max, "]");
-  TORCH_CHECK(std::isfinite(sm_scale), op, ": sm_scale must be finite, got ", sm_scale);
+  RAPID_CHECK(std::isfinite(sm_scale), op, ": sm_scale must be finite, got ", sm_scale);
 
   const at::Tensor qf = q.to(at::kFloat).contiguous();  // [B, nq, qh, D]
   at::Tensor out = at::empty({B, nq, qh, D}, q.options().dtype(at::kFloat));
