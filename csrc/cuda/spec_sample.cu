@@ -113,10 +113,11 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   // float4 row loads need V % 4 == 0 and 16-byte aligned bases (a view may start anywhere).
   auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   const bool vec4 = V % 4 == 0 && aligned(z) && (!q.defined() || aligned(q));
-  // Selection masses in fixed point: each token's exp() <= 1 becomes <= 2^bits, the sum over V stays < 2^63.
+  // Selection masses in fixed point: each token's exp() <= 1 becomes <= 2^32 (the histogram packs a slice's
+  // count and mass in one 64-bit word), the sum over V stays < 2^63.
   int vbits = 0;
   while ((int64_t{1} << vbits) <= V) ++vbits;
-  const float fx_scale = std::ldexp(1.0f, std::min(40, 62 - vbits));
+  const float fx_scale = std::ldexp(1.0f, std::min(32, 62 - vbits));
   const auto qt = draft_probs.has_value() ? draft_probs->scalar_type() : at::kFloat;
   Params pr{};
   pr.logits = z.data_ptr<float>();

@@ -29,6 +29,8 @@ constexpr int kHistBins = 2048;
 constexpr float kBinsPerUnit = 16.f;  // bins per unit of (zmax - z) / T: d < 128 is resolved, beyond: last bin
 constexpr int kSmallSlice = 2048;     // tokens per gather block (its staging buffer lives in shared memory)
 constexpr int kSegChunk = kThreads;   // slices loaded per round by the finishing block
+constexpr int kCountShift = 50;       // packed histogram entries: count << 50 | mass (mass < 2^45 per slice)
+constexpr unsigned long long kOneCount = 1ull << kCountShift, kMassMask = kOneCount - 1;
 
 __device__ __forceinline__ int hist_bin(float z, float zmax, float inv_t) {  // monotone: higher z, lower bin
   const float d = (zmax - z) * inv_t * kBinsPerUnit;
@@ -225,8 +227,9 @@ __device__ int write_list(SplitShared& sh, const Params& pr, const float* z, con
 
 __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   __shared__ SplitShared sh;
-  __shared__ unsigned int h_cnt[kHistBins];
-  __shared__ unsigned long long h_mass[kHistBins];
+  // count << kCountShift | fixed-point mass, one 64-bit atomic per token: a slice has <= 2^13 tokens, each of
+  // mass <= 2^32 (fx_scale), so the mass field stays below 2^45 and the count field below 2^63.
+  __shared__ unsigned long long h_cm[kHistBins];
   __shared__ int is_last;
   const int64_t unit = blockIdx.x / pr.ns, s = blockIdx.x % pr.ns;
   const UnitRef r(pr, unit);
@@ -276,7 +279,7 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   }
   if (err || pr.greedy || !pr.use_hist) return;  // uniform over the unit's blocks: nobody selects then
 
-  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) h_cnt[j] = 0, h_mass[j] = 0;
+  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) h_cm[j] = 0;
   __syncthreads();
   const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
   unsigned int far = 0;  // tokens in bins >= far_bin, counted (and their mass summed) without atomics
@@ -290,16 +293,14 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
       far_mass += w;
       return;
     }
-    atomicAdd(&h_cnt[bin], 1u);
-    if (w) atomicAdd(&h_mass[bin], w);
+    atomicAdd(&h_cm[bin], kOneCount | w);
   });
-  if (far) atomicAdd(&h_cnt[kHistBins - 1], far);
-  if (far_mass) atomicAdd(&h_mass[kHistBins - 1], far_mass);
+  if (far) atomicAdd(&h_cm[kHistBins - 1], static_cast<unsigned long long>(far) << kCountShift | far_mass);
   __syncthreads();
   if (pr.use_local) {  // this slice's best tokens, up to local_cap of them: the bins before the cap is crossed
     constexpr int kPer = kHistBins / kSplitThreads;
     unsigned long long c[kPer], mine = 0, acc;
-    for (int k = 0; k < kPer; ++k) mine += (c[k] = h_cnt[threadIdx.x * kPer + k]);
+    for (int k = 0; k < kPer; ++k) mine += (c[k] = h_cm[threadIdx.x * kPer + k] >> kCountShift);
     cub::BlockScan<unsigned long long, kSplitThreads>(sh.tmp.scan_ul).ExclusiveSum(mine, acc);
     __syncthreads();
     long long hit = kHistBins - 1;  // the whole slice fits
@@ -322,8 +323,10 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
     }
   }
   for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) {
-    if (h_cnt[j]) atomicAdd(&pr.hist_count[unit * kHistBins + j], h_cnt[j]);
-    if (h_mass[j]) atomicAdd(&pr.hist_mass[unit * kHistBins + j], h_mass[j]);
+    const unsigned long long v = h_cm[j];
+    if (!v) continue;
+    atomicAdd(&pr.hist_count[unit * kHistBins + j], static_cast<unsigned int>(v >> kCountShift));
+    if (v & kMassMask) atomicAdd(&pr.hist_mass[unit * kHistBins + j], v & kMassMask);
   }
   __threadfence();
   __syncthreads();
