@@ -43,8 +43,7 @@ def _e4m3_to_f32(bits):
 
 
 @triton.jit
-def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
-                  FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+def _load_kv_tile(data_ptr, scale_ptr, n, n_ok, sd_s, ss_s, D, FORMAT: tl.constexpr, BLOCK_D: tl.constexpr,
                   EVEN_D: tl.constexpr, CODES: tl.constexpr):
     """Tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where n_ok is false or the
     column is >= D (not int4: see _load_int4_halves). Plain formats come back in their storage dtype (the
@@ -92,7 +91,7 @@ def _verify_split_kernel(
     qk_scale, S_MAX, NQ, GROUP, KVH, R, SPLIT, NSPLIT, D,
     sqb, sqn, sqh, skb, skh, sks, svb, svh, svs,
     sksb, sksh, skss, svsb, svsh, svss,
-    FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    FORMAT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr, ROW_SCALED: tl.constexpr,
     FOLD_V: tl.constexpr,
 ):
@@ -126,9 +125,7 @@ def _verify_split_kernel(
     k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
     ks_base = ks_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
-    kz_base = kz_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
     vs_base = vs_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
-    vz_base = vz_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
 
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
@@ -136,8 +133,7 @@ def _verify_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < hi
-        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
-                          ROW_SCALED)
+        k = _load_kv_tile(k_base, ks_base, n, n_ok, sks, skss, D, FORMAT, BLOCK_D, EVEN_D, ROW_SCALED)
         if DOT_FP32:
             s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
@@ -148,8 +144,7 @@ def _verify_split_kernel(
         else:
             s = s * qk_scale
         p, alpha, m_i, l_i = _softmax_step(s, n, limit, split_end, m_i, l_i)
-        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
-                          FOLD_V)
+        v = _load_kv_tile(v_base, vs_base, n, n_ok, svs, svss, D, FORMAT, BLOCK_D, EVEN_D, FOLD_V)
         pv = p
         if FOLD_V:
             pv = p * tl.load(vs_base + n.to(tl.int64) * svss, mask=n_ok, other=0.0)[None, :]
@@ -409,7 +404,7 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
                                         DOT_FP32=dot_fp32, EVEN_D=block_d == D, **launch)
     else:
         _verify_split_kernel[grid](
-            *args, FORMAT=fmt, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, DOT_FP32=dot_fp32,
+            *args, FORMAT=fmt, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, DOT_FP32=dot_fp32,
             EVEN_D=block_d == D, ROW_SCALED=kv_dtype in ("int8", "fp8"),
             FOLD_V=kv_dtype in ("int8", "fp8") and q.dtype != torch.float16, **launch)
     _merge_splits_kernel[(B * nq * qh,)](
