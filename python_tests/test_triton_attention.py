@@ -6,6 +6,7 @@ Tolerance (FlashAttention's rule): error vs the float64 oracle <= 2x the error o
 q's precision, plus a tiny absolute floor.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -16,7 +17,10 @@ from rapid_engine.ops import reference as ref
 pytestmark = pytest.mark.skipif(not _ext.HAS_TRITON, reason="triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["triton"] + (["cuda"] if DEVICE == "cuda" and _ext.HAS_CUDA_KERNELS else [])
+KV_BACKENDS = ["triton"] + (["cuda"] if DEVICE == "cuda" and _ext.HAS_CUDA_KERNELS else [])
+# "cuda-staged": the CUDA op with its shared-memory staged tensor-core kernel (RAPID_CUDA_VERIFY_KERNEL,
+# read on every call) instead of the default direct one.
+BACKENDS = KV_BACKENDS + (["cuda-staged"] if "cuda" in KV_BACKENDS else [])
 KV_DTYPES = ["fp32", "bf16", "fp16", "int8", "int4", "fp8"]
 Q_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -40,6 +44,12 @@ def _attend(backend, *args, split_size=None):
     if backend == "triton":
         from rapid_engine.triton.verify_attention import verify_attention_triton
         return verify_attention_triton(*args, split_size=split_size)
+    if backend == "cuda-staged":
+        os.environ["RAPID_CUDA_VERIFY_KERNEL"] = "staged"
+        try:
+            return torch.ops.rapid.verify_attention(*args)
+        finally:
+            os.environ.pop("RAPID_CUDA_VERIFY_KERNEL", None)
     return torch.ops.rapid.verify_attention(*args)
 
 
@@ -56,7 +66,7 @@ def _odd_values(shape, dtype, gen):
     return x.to(dtype).to(DEVICE)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KV_BACKENDS)
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES)
 @pytest.mark.parametrize("D", [16, 80, 128])
 @pytest.mark.parametrize("x_dtype", Q_DTYPES)
@@ -70,7 +80,7 @@ def test_quantize_bitwise_equal_to_reference(backend, kv_dtype, D, x_dtype):
         assert torch.equal(_bits(g), _bits(w)), f"{name} differs in {(_bits(g) != _bits(w)).sum()} bytes"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", KV_BACKENDS)
 @pytest.mark.parametrize("kv_dtype", KV_DTYPES)
 def test_kv_append_writes_exactly_its_slots(backend, kv_dtype):
     """Quantize-on-write into slots [start, start+T) of a cache: equal to quantize_kv bit for bit,
