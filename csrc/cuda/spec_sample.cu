@@ -167,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   hist_kernel<<<blocks(U * ns), kSplitThreads, 0, stream>>>(pr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!pr.greedy) {
-    gather_kernel<<<blocks(U * ns_small), kSplitThreads, 0, stream>>>(pr);
+    gather_kernel<<<blocks(std::min<int64_t>(U * ns_small, 4096)), kSplitThreads, 0, stream>>>(pr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const int64_t dyn = pr.greedy ? 0 : cap * kPerCand;

@@ -339,24 +339,30 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
 
 // ---- 3. gather the candidates, id order inside each small slice --------------------------------------------
 
+// Grid-stride over (unit, small slice) items: when the histogram blocks' lists already hold every unit's
+// candidates, a small grid just checks the flags and exits.
 __global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
   __shared__ SplitShared sh;
   __shared__ Cand stage[kSmallSlice];
   __shared__ int base;
-  const int64_t unit = blockIdx.x / pr.ns_small, s = blockIdx.x % pr.ns_small;
-  if (pr.unit_err[unit] || pr.unit_mode[unit] != kCompact || pr.unit_lists[unit]) return;
-  const UnitRef r(pr, unit);
-  const int64_t x0 = s * kSmallSlice, x1 = min(pr.V, x0 + kSmallSlice);
-  const int count =
-      write_list(sh, pr, r.z, r.q, x0, x1, pr.unit_zmax[unit], pr.unit_bhi[unit], stage, kSmallSlice);
-  if (threadIdx.x == 0) {
-    base = static_cast<int>(atomicAdd(&pr.unit_fill[unit], static_cast<unsigned int>(count)));
-    pr.seg_base[blockIdx.x] = base;
-    pr.seg_len[blockIdx.x] = count;
+  const int64_t items = pr.B * (pr.G + 1) * pr.ns_small;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
+    const int64_t unit = item / pr.ns_small, s = item % pr.ns_small;
+    if (pr.unit_err[unit] || pr.unit_mode[unit] != kCompact || pr.unit_lists[unit]) continue;  // uniform
+    const UnitRef r(pr, unit);
+    const int64_t x0 = s * kSmallSlice, x1 = min(pr.V, x0 + kSmallSlice);
+    const int count =
+        write_list(sh, pr, r.z, r.q, x0, x1, pr.unit_zmax[unit], pr.unit_bhi[unit], stage, kSmallSlice);
+    if (threadIdx.x == 0) {
+      base = static_cast<int>(atomicAdd(&pr.unit_fill[unit], static_cast<unsigned int>(count)));
+      pr.seg_base[item] = base;
+      pr.seg_len[item] = count;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < count && base + j < pr.cap; j += kSplitThreads)
+      pr.cand[unit * pr.cap + base + j] = stage[j];
+    __syncthreads();  // stage and base are reused by the next item
   }
-  __syncthreads();
-  for (int j = threadIdx.x; j < count && base + j < pr.cap; j += kSplitThreads)
-    pr.cand[unit * pr.cap + base + j] = stage[j];
 }
 
 // ---- 4. one block per unit: exact cut on the list, then the unit's decision --------------------------------
