@@ -40,19 +40,32 @@ __device__ __forceinline__ unsigned long long fx_mass(float z, float zmax, const
   return static_cast<unsigned long long>(__float2ull_rn(__expf((z - zmax) * pr.inv_t) * pr.fx_scale));
 }
 
-// f(x, z[x], q[x] or 0) for x in [x0, x1) of one row, NT threads; float4 loads when vec4 (x0 % 4 == 0).
+// f(x, z[x], q[x] or 0) for x in [x0, x1) of one row, NT threads; float4 loads when vec4 (x0 % 4 == 0), kBatch
+// of them issued before any is used (several loads in flight per thread: the loop body has atomics).
 template <int NT, class F>
 __device__ __forceinline__ void for_range(const float* z, const float* q, int64_t x0, int64_t x1, bool vec4, F&& f) {
+  constexpr int kBatch = 4;
   if (vec4) {
     const float4* z4 = reinterpret_cast<const float4*>(z);
     const float4* q4 = reinterpret_cast<const float4*>(q);
-    for (int64_t j = x0 / 4 + threadIdx.x; j < x1 / 4; j += NT) {
-      const float4 a = z4[j];
-      const float4 b = q ? q4[j] : make_float4(0.f, 0.f, 0.f, 0.f);
-      f(4 * j, a.x, b.x);
-      f(4 * j + 1, a.y, b.y);
-      f(4 * j + 2, a.z, b.z);
-      f(4 * j + 3, a.w, b.w);
+    const int64_t j1 = x1 / 4;
+    for (int64_t j0 = x0 / 4 + threadIdx.x; j0 < j1; j0 += kBatch * NT) {
+      float4 a[kBatch], b[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int64_t j = j0 + k * NT;
+        a[k] = j < j1 ? z4[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+        b[k] = (q && j < j1) ? q4[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int64_t j = j0 + k * NT;
+        if (j >= j1) break;
+        f(4 * j, a[k].x, b[k].x);
+        f(4 * j + 1, a[k].y, b[k].y);
+        f(4 * j + 2, a[k].z, b[k].z);
+        f(4 * j + 3, a[k].w, b[k].w);
+      }
     }
   } else {
     for (int64_t x = x0 + threadIdx.x; x < x1; x += NT) f(x, z[x], q ? q[x] : 0.f);
@@ -196,31 +209,40 @@ __device__ void select_bins(SplitShared& sh, const Params& pr, int64_t unit) {
 // a block scan), draft probabilities gathered from q; returns how many (uniform). At most `limit` are written.
 __device__ int write_list(SplitShared& sh, const Params& pr, const float* z, const float* q, int64_t x0, int64_t x1,
                           float zmax, int bmax, Cand* out, int limit) {
+  constexpr int kBatch = 4;  // tiles whose loads are issued together
+  constexpr int64_t kTile = 4 * kSplitThreads;
   int count = 0;
-  for (int64_t t0 = x0; t0 < x1; t0 += 4 * kSplitThreads) {
-    const int64_t xb = t0 + 4 * threadIdx.x;
-    float v[4];
-    if (pr.vec4 && xb < x1) {
-      const float4 a = reinterpret_cast<const float4*>(z)[xb / 4];
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
-    } else {
-      for (int k = 0; k < 4; ++k) v[k] = xb + k < x1 ? z[xb + k] : -INFINITY;
+  for (int64_t b0 = x0; b0 < x1; b0 += kBatch * kTile) {
+    float v[kBatch][4];
+#pragma unroll
+    for (int t = 0; t < kBatch; ++t) {
+      const int64_t xb = b0 + t * kTile + 4 * threadIdx.x;
+      if (pr.vec4 && xb < x1) {
+        const float4 a = reinterpret_cast<const float4*>(z)[xb / 4];
+        v[t][0] = a.x, v[t][1] = a.y, v[t][2] = a.z, v[t][3] = a.w;
+      } else {
+        for (int k = 0; k < 4; ++k) v[t][k] = xb + k < x1 ? z[xb + k] : -INFINITY;
+      }
     }
-    bool take[4];
-    int mine = 0;
-    for (int k = 0; k < 4; ++k) {
-      take[k] = xb + k < x1 && v[k] != -INFINITY && hist_bin(v[k], zmax, pr.inv_t) <= bmax;
-      mine += take[k];
+#pragma unroll
+    for (int t = 0; t < kBatch; ++t) {
+      const int64_t xb = b0 + t * kTile + 4 * threadIdx.x;
+      bool take[4];
+      int mine = 0;
+      for (int k = 0; k < 4; ++k) {
+        take[k] = xb + k < x1 && v[t][k] != -INFINITY && hist_bin(v[t][k], zmax, pr.inv_t) <= bmax;
+        mine += take[k];
+      }
+      int before, tile_total;
+      cub::BlockScan<int, kSplitThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
+      for (int k = 0, at = count + before; k < 4; ++k) {
+        if (!take[k]) continue;
+        if (at < limit) out[at] = Cand{static_cast<int32_t>(xb + k), v[t][k], q ? q[xb + k] : 0.f};
+        ++at;
+      }
+      count += tile_total;
+      __syncthreads();
     }
-    int before, tile_total;
-    cub::BlockScan<int, kSplitThreads>(sh.tmp.scan_i).ExclusiveSum(mine, before, tile_total);
-    for (int k = 0, at = count + before; k < 4; ++k) {
-      if (!take[k]) continue;
-      if (at < limit) out[at] = Cand{static_cast<int32_t>(xb + k), v[k], q ? q[xb + k] : 0.f};
-      ++at;
-    }
-    count += tile_total;
-    __syncthreads();
   }
   return count;
 }
