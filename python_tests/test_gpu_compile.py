@@ -85,11 +85,7 @@ for fmt, dot_fp32 in ((0, True), (1, False), (2, False), (3, False), (4, False),
     sc = SCALE_PTR.get(fmt, KV_PTR[fmt])
     ptrs = dict(q_ptr=q, k_ptr=KV_PTR[fmt], v_ptr=KV_PTR[fmt], ks_ptr=sc, vs_ptr=sc, kz_ptr=sc, vz_ptr=sc,
                 seqlens_ptr="*i32", po_ptr="*fp32", plse_ptr="*fp32")
-    if fmt == 4:  # int4 has its own kernel (no nibble interleave)
-        consts = dict(G=32, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32, EVEN_D=True)
-        variants.append((f"verify_split[format={fmt}]", va._verify_split_int4_kernel, ptrs, consts, {"num_warps": 4}))
-        continue
-    consts = dict(FORMAT=fmt, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32, EVEN_D=True,
+    consts = dict(FORMAT=fmt, G=32, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32, EVEN_D=True,
                   ROW_SCALED=fmt in (3, 5), FOLD_V=fmt in (3, 5))
     variants.append((f"verify_split[format={fmt}]", va._verify_split_kernel, ptrs, consts, {"num_warps": 4}))
 variants.append(("merge_splits", va._merge_splits_kernel,

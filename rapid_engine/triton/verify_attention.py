@@ -43,11 +43,12 @@ def _e4m3_to_f32(bits):
 
 
 @triton.jit
-def _load_kv_tile(data_ptr, scale_ptr, n, n_ok, sd_s, ss_s, D, FORMAT: tl.constexpr, BLOCK_D: tl.constexpr,
+def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
+                  FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   EVEN_D: tl.constexpr, CODES: tl.constexpr):
     """Tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where n_ok is false or the
-    column is >= D (not int4: see _load_int4_halves). Plain formats come back in their storage dtype (the
-    caller casts once); int8 / fp8 as fp32 values, or with CODES as unscaled codes (exact in bf16 / fp16:
+    column is >= D. Plain formats come back in their storage dtype (the caller casts once), int4 as
+    fp32 values; int8 / fp8 as fp32 values, or with CODES as unscaled codes (exact in bf16 / fp16:
     the caller applies the per-token scale to scores or probabilities, a [BLOCK_N] vector instead of
     the whole tile). EVEN_D (D == BLOCK_D): no column mask, so the compiler can use 16-byte loads."""
     rows = n[:, None].to(tl.int64)
@@ -58,6 +59,18 @@ def _load_kv_tile(data_ptr, scale_ptr, n, n_ok, sd_s, ss_s, D, FORMAT: tl.conste
         mask = n_ok[:, None] & (d[None, :] < D)
     if FORMAT < 3:
         x = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0.0)
+    elif FORMAT == 4:
+        # packed bytes [BLOCK_N, BLOCK_D/2] -> interleave(low, high) nibbles = value order 2j, 2j+1
+        j = tl.arange(0, BLOCK_D // 2)
+        jmask = n_ok[:, None] if EVEN_D else n_ok[:, None] & (2 * j[None, :] < D)
+        byte = tl.load(data_ptr + rows * sd_s + j[None, :], mask=jmask, other=0).to(tl.int32)
+        code = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)  # [BLOCK_N, BLOCK_D]
+        g = tl.arange(0, BLOCK_D // G)
+        gmask = n_ok[:, None] if EVEN_D else n_ok[:, None] & (g[None, :] * G < D)
+        s = tl.load(scale_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)  # [BLOCK_N, NG]
+        z = tl.load(zero_ptr + rows * ss_s + g[None, :], mask=gmask, other=0.0).to(tl.float32)
+        grouped = tl.reshape(code, (BLOCK_N, BLOCK_D // G, G)) * s[:, :, None] + z[:, :, None]
+        x = tl.reshape(grouped, (BLOCK_N, BLOCK_D))
     else:
         raw = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0)
         if FORMAT == 3:
@@ -73,25 +86,12 @@ def _load_kv_tile(data_ptr, scale_ptr, n, n_ok, sd_s, ss_s, D, FORMAT: tl.conste
 
 
 @triton.jit
-def _softmax_step(s, n, limit, split_end, m_i, l_i):
-    """Online softmax over one key tile, log2 domain: s [BLOCK_R, BLOCK_N] scores of keys n; keys past a
-    row's causal limit or the split end are masked. Returns (p, alpha, new m_i, new l_i)."""
-    visible = (n[None, :] <= limit[:, None]) & (n[None, :] < split_end)
-    s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
-
-
-@triton.jit
 def _verify_split_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, kz_ptr, vs_ptr, vz_ptr, seqlens_ptr, po_ptr, plse_ptr,
     qk_scale, S_MAX, NQ, GROUP, KVH, R, SPLIT, NSPLIT, D,
     sqb, sqn, sqh, skb, skh, sks, svb, svh, svs,
     sksb, sksh, skss, svsb, svsh, svss,
-    FORMAT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr, ROW_SCALED: tl.constexpr,
     FOLD_V: tl.constexpr,
 ):
@@ -125,7 +125,9 @@ def _verify_split_kernel(
     k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
     ks_base = ks_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
+    kz_base = kz_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
     vs_base = vs_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
+    vz_base = vz_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
 
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
@@ -133,7 +135,8 @@ def _verify_split_kernel(
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < hi
-        k = _load_kv_tile(k_base, ks_base, n, n_ok, sks, skss, D, FORMAT, BLOCK_D, EVEN_D, ROW_SCALED)
+        k = _load_kv_tile(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
+                          ROW_SCALED)
         if DOT_FP32:
             s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
@@ -143,8 +146,15 @@ def _verify_split_kernel(
             s = s * (k_sc * qk_scale)[None, :]  # [BLOCK_R, BLOCK_N], log2 domain
         else:
             s = s * qk_scale
-        p, alpha, m_i, l_i = _softmax_step(s, n, limit, split_end, m_i, l_i)
-        v = _load_kv_tile(v_base, vs_base, n, n_ok, svs, svss, D, FORMAT, BLOCK_D, EVEN_D, FOLD_V)
+        visible = (n[None, :] <= limit[:, None]) & (n[None, :] < split_end)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
+                          FOLD_V)
         pv = p
         if FOLD_V:
             pv = p * tl.load(vs_base + n.to(tl.int64) * svss, mask=n_ok, other=0.0)[None, :]
@@ -152,105 +162,13 @@ def _verify_split_kernel(
             acc = acc * alpha[:, None] + tl.dot(pv, v.to(tl.float32), input_precision="ieee")
         else:
             acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype))
+        m_i = m_new
 
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
     row_base = (pid_bh.to(tl.int64) * R + r) * NSPLIT + pid_split  # partial layout [B, KVH, R, NSPLIT, (D)]
     tl.store(po_ptr + row_base[:, None] * D + d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(plse_ptr + row_base, lse, mask=row_ok)
-
-
-@triton.jit
-def _load_int4_halves(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D, G: tl.constexpr,
-                      HALF_D: tl.constexpr, EVEN_D: tl.constexpr):
-    """Even and odd columns of an int4 tile of keys n as fp32 ([BLOCK_N, HALF_D] each): byte j holds
-    column 2j (low nibble) and 2j+1 (high nibble), both in group 2j // G."""
-    rows = n[:, None].to(tl.int64)
-    j = tl.arange(0, HALF_D)
-    mask = n_ok[:, None] if EVEN_D else n_ok[:, None] & (2 * j[None, :] < D)
-    byte = tl.load(data_ptr + rows * sd_s + j[None, :], mask=mask, other=0).to(tl.int32)
-    grp = (2 * j) // G
-    s = tl.load(scale_ptr + rows * ss_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + rows * ss_s + grp[None, :], mask=mask, other=0.0).to(tl.float32)
-    return (byte & 0xF).to(tl.float32) * s + z, (byte >> 4).to(tl.float32) * s + z
-
-
-@triton.jit
-def _verify_split_int4_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, kz_ptr, vs_ptr, vz_ptr, seqlens_ptr, po_ptr, plse_ptr,
-    qk_scale, S_MAX, NQ, GROUP, KVH, R, SPLIT, NSPLIT, D,
-    sqb, sqn, sqh, skb, skh, sks, svb, svh, svs,
-    sksb, sksh, skss, svsb, svsh, svss,
-    G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr,
-):
-    """_verify_split_kernel for int4 KV without re-interleaving the unpacked nibbles (a register
-    shuffle that made that path several times slower than bf16): Q.K^T = q[:, even] . lo^T +
-    q[:, odd] . hi^T, and P.V fills the even and odd output columns with two dots."""
-    pid_split = tl.program_id(0)
-    pid_rt = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = pid_bh // KVH
-    h = pid_bh % KVH
-    kv_len = tl.minimum(tl.load(seqlens_ptr + b), S_MAX)  # launcher checks; clamp anyway: never read past S_max
-
-    r = pid_rt * BLOCK_R + tl.arange(0, BLOCK_R)
-    qi = r // GROUP
-    head = h * GROUP + r % GROUP
-    row_ok = r < R
-    limit = tl.where(row_ok, kv_len - NQ + qi, -1)
-    j = tl.arange(0, BLOCK_D // 2)
-    j_ok = 2 * j < D
-    qrow = q_ptr + b.to(tl.int64) * sqb + qi[:, None] * sqn + head[:, None] * sqh
-    q_lo = tl.load(qrow + 2 * j[None, :], mask=row_ok[:, None] & j_ok[None, :], other=0.0)  # [BLOCK_R, BLOCK_D/2]
-    q_hi = tl.load(qrow + 2 * j[None, :] + 1, mask=row_ok[:, None] & j_ok[None, :], other=0.0)
-    if DOT_FP32:
-        q_lo = q_lo.to(tl.float32)
-        q_hi = q_hi.to(tl.float32)
-
-    lo = pid_split * SPLIT
-    split_end = tl.minimum(lo + SPLIT, kv_len)
-    r_last = tl.minimum(pid_rt * BLOCK_R + BLOCK_R, R) - 1
-    hi = tl.minimum(split_end, kv_len - NQ + r_last // GROUP + 1)
-    k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    ks_base = ks_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
-    kz_base = kz_ptr + b.to(tl.int64) * sksb + h.to(tl.int64) * sksh
-    vs_base = vs_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
-    vz_base = vz_ptr + b.to(tl.int64) * svsb + h.to(tl.int64) * svsh
-
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
-    acc_lo = tl.zeros([BLOCK_R, BLOCK_D // 2], tl.float32)
-    acc_hi = tl.zeros([BLOCK_R, BLOCK_D // 2], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < hi
-        k_lo, k_hi = _load_int4_halves(k_base, ks_base, kz_base, n, n_ok, sks, skss, D, G, BLOCK_D // 2, EVEN_D)
-        if DOT_FP32:
-            s = tl.dot(q_lo, tl.trans(k_lo), input_precision="ieee") + \
-                tl.dot(q_hi, tl.trans(k_hi), input_precision="ieee")
-        else:
-            s = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype))) + tl.dot(q_hi, tl.trans(k_hi.to(q_lo.dtype)))
-        p, alpha, m_i, l_i = _softmax_step(s * qk_scale, n, limit, split_end, m_i, l_i)
-        v_lo, v_hi = _load_int4_halves(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, G, BLOCK_D // 2, EVEN_D)
-        if DOT_FP32:
-            acc_lo = acc_lo * alpha[:, None] + tl.dot(p, v_lo, input_precision="ieee")
-            acc_hi = acc_hi * alpha[:, None] + tl.dot(p, v_hi, input_precision="ieee")
-        else:
-            pd = p.to(q_lo.dtype)
-            acc_lo = acc_lo * alpha[:, None] + tl.dot(pd, v_lo.to(q_lo.dtype))
-            acc_hi = acc_hi * alpha[:, None] + tl.dot(pd, v_hi.to(q_lo.dtype))
-
-    has = l_i > 0
-    inv = 1.0 / tl.where(has, l_i, 1.0)
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    row_base = (pid_bh.to(tl.int64) * R + r) * NSPLIT + pid_split  # partial layout [B, KVH, R, NSPLIT, (D)]
-    out_ptr = po_ptr + row_base[:, None] * D + 2 * j[None, :]
-    omask = row_ok[:, None] & j_ok[None, :]
-    tl.store(out_ptr, acc_lo * inv[:, None], mask=omask)
-    tl.store(out_ptr + 1, acc_hi * inv[:, None], mask=omask)
     tl.store(plse_ptr + row_base, lse, mask=row_ok)
 
 
@@ -288,9 +206,9 @@ def _sm_count(device_index: int) -> int:
 
 
 def choose_split_size(s_max: int, batch: int, kv_heads: int, n_query: int, device: torch.device) -> int:
-    """Keys per split: a power-of-two multiple of 256 giving about 2 programs per SM (H200: fewer,
-    longer programs beat 4 per SM). Depends on (S_max, B, kv_heads, device) only, so decode results do
-    not change with n_query."""
+    """Keys per split: a power-of-two multiple of 256 giving about 2 programs per SM (H200, S 32K:
+    fewer, longer programs beat 4 per SM). Depends on (S_max, B, kv_heads, device) only, so decode
+    results do not change with n_query."""
     if n_query > _DECODE_MAX_QUERIES:
         return max(256, triton.next_power_of_2(s_max))
     n_sm = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
@@ -304,7 +222,11 @@ def choose_split_size(s_max: int, batch: int, kv_heads: int, n_query: int, devic
 def decode_config(kv_dtype: str, head_dim: int) -> tuple:
     """(BLOCK_N, num_warps, num_stages) of the split kernel on a GPU. Independent of n_query and
     seqlens, so a row's result does not depend on the other rows of the call."""
-    return 64, 4, 2  # H200 sweep, S 32K bf16 / int4: within noise of the best of 7 configs
+    # H200 sweeps (GPU runs 1-2, S 32K, one query): bf16 / int8 best or within noise of the best of 7
+    # configs with (64, 4, 3); int4 (64, 4, 2).
+    if kv_dtype == "int4":
+        return 64, 4, 2
+    return 64, 4, 3
 
 
 def _err(msg: str):
@@ -394,19 +316,14 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     po = torch.empty((B, kvh, R, nsplit, D), dtype=torch.float32, device=q.device)
     plse = torch.empty((B, kvh, R, nsplit), dtype=torch.float32, device=q.device)
     grid = (nsplit, triton.cdiv(R, block_r), B * kvh)
-    args = (q, kd, vd, ks, kz, vs, vz, seqlens, po, plse,
-            float(sm_scale) * _LOG2E, s_max, nq, group, kvh, R, split, nsplit, D,
-            q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3], *v.stride()[:3], *sstride(ks), *sstride(vs))
-    launch = {} if interp else {"num_warps": num_warps, "num_stages": num_stages}
-    dot_fp32 = interp or q.dtype == torch.float32
-    if kv_dtype == "int4":
-        _verify_split_int4_kernel[grid](*args, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d,
-                                        DOT_FP32=dot_fp32, EVEN_D=block_d == D, **launch)
-    else:
-        _verify_split_kernel[grid](
-            *args, FORMAT=fmt, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, DOT_FP32=dot_fp32,
-            EVEN_D=block_d == D, ROW_SCALED=kv_dtype in ("int8", "fp8"),
-            FOLD_V=kv_dtype in ("int8", "fp8") and q.dtype != torch.float16, **launch)
+    _verify_split_kernel[grid](
+        q, kd, vd, ks, kz, vs, vz, seqlens, po, plse,
+        float(sm_scale) * _LOG2E, s_max, nq, group, kvh, R, split, nsplit, D,
+        q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3], *v.stride()[:3], *sstride(ks), *sstride(vs),
+        FORMAT=fmt, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d,
+        DOT_FP32=interp or q.dtype == torch.float32, EVEN_D=block_d == D,
+        ROW_SCALED=kv_dtype in ("int8", "fp8"), FOLD_V=kv_dtype in ("int8", "fp8") and q.dtype != torch.float16,
+        **({} if interp else {"num_warps": num_warps, "num_stages": num_stages}))
     _merge_splits_kernel[(B * nq * qh,)](
         po, plse, seqlens, out, s_max, nq, qh, group, R, split, nsplit, D, *out.stride()[:3],
         BLOCK_S=max(2, triton.next_power_of_2(nsplit)), BLOCK_D=block_d)
