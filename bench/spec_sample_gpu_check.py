@@ -39,6 +39,11 @@ GPU_CASES = [
 ]
 
 
+# The CUDA launcher's alternative paths (environment switches): per-slice candidate lists in the histogram
+# blocks instead of the gather pass; one packed 64-bit shared atomic per histogram token instead of three 32-bit.
+VARIANTS = {"lists": "RAPID_SPEC_SAMPLE_LISTS", "hist64": "RAPID_SPEC_SAMPLE_HIST64"}
+
+
 def kernel(backend, *args):
     if backend == "triton":
         from rapid_engine.triton.spec_sample import spec_sample_triton
@@ -72,10 +77,10 @@ def check_agreement(backend, cases, scale_note=""):
     return ok
 
 
-def check_ties(backend):
+def check_ties(backend, sizes=((16, 3, 40_011), (16, 3, 5_003))):
     """Integer logits (ties at the filter boundaries, broken by id) and -inf masks, histogram and small-V paths."""
     ok = True
-    for B, G, V in [(16, 3, 40_011), (16, 3, 5_003)]:
+    for B, G, V in sizes:
         z, d, q, u = _inputs(B, G, V, seed=13)
         z = z.round()
         z[torch.rand(z.shape, generator=torch.Generator().manual_seed(14)) < 0.3] = -math.inf
@@ -189,17 +194,20 @@ def speed(backend):
                 f = lambda: kernel(backend, *args)  # noqa: E731
                 ref = lambda: R.spec_sample(*args)  # noqa: E731
                 t = min(_wall(f, 20) for _ in range(3))
-                os.environ["RAPID_SPEC_SAMPLE_LISTS"] = "1"
-                t_lists = min(_wall(f, 20) for _ in range(3))
-                del os.environ["RAPID_SPEC_SAMPLE_LISTS"]
+                t_var = {}
+                for name, env in VARIANTS.items():
+                    os.environ[env] = "1"
+                    t_var[name] = min(_wall(f, 20) for _ in range(3))
+                    del os.environ[env]
                 t_ref = min(_wall(ref, 3) for _ in range(2))
                 floor = B * (2 * G + 1) * V * 4 / (gbs * 1e9)
                 rows.append(dict(backend=backend, B=B, gamma=G, V=V, kernel_us=t * 1e6, floor_us=floor * 1e6,
                                  x_floor=t / floor, torch_ref_us=t_ref * 1e6, vs_torch=t_ref / t,
-                                 lists_us=t_lists * 1e6))
+                                 **{f"{name}_us": tv * 1e6 for name, tv in t_var.items()}))
                 print(f"{backend} B={B} gamma={G} V={V}: {t * 1e6:.1f} us = {t / floor:.2f}x floor "
                       f"({floor * 1e6:.2f} us), {t_ref / t:.1f}x faster than torch ref ({t_ref * 1e6:.0f} us), "
-                      f"accepted {f()[1].float().mean():.2f}; with per-slice lists {t_lists * 1e6:.1f} us")
+                      f"accepted {f()[1].float().mean():.2f}; variants: " +
+                      ", ".join(f"{name} {tv * 1e6:.1f} us" for name, tv in t_var.items()))
     if os.environ.get("OUT"):  # the GPU session's output folder
         with open(os.path.join(os.environ["OUT"], f"bench_spec_sample_{backend}_gpu.json"), "w") as fh:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, read_gbs=gbs,
@@ -222,10 +230,11 @@ if __name__ == "__main__":
             continue
         a = check_agreement(backend, CASES + GPU_CASES)
         b = check_bad_input(backend) & check_ties(backend)
-        if backend == "cuda":  # the same with the histogram blocks' per-slice lists on
-            os.environ["RAPID_SPEC_SAMPLE_LISTS"] = "1"
-            print("-- RAPID_SPEC_SAMPLE_LISTS=1")
-            a &= check_agreement(backend, GPU_CASES) & check_ties(backend)
-            del os.environ["RAPID_SPEC_SAMPLE_LISTS"]
+        if backend == "cuda":  # the launcher's alternative paths, on the cases that reach the histogram
+            for env in VARIANTS.values():
+                os.environ[env] = "1"
+                print(f"-- {env}=1")
+                a &= check_agreement(backend, GPU_CASES[:7]) & check_ties(backend, sizes=[(16, 3, 40_011)])
+                del os.environ[env]
         c = check_chi2(backend)
         print(f"{'PASS' if a and b and c else 'FAIL'} {backend} spec_sample GPU check")

@@ -161,6 +161,10 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   pr.unit_minbloc = static_cast<int*>(at_(o_minb));
   pr.unit_lists = static_cast<int*>(at_(o_lists));
   pr.local_cap = local_cap, pr.use_local = use_local;
+  // Histogram atomics: three native 32-bit shared atomics per token by default; RAPID_SPEC_SAMPLE_HIST64=1 packs
+  // count and mass in one 64-bit shared atomic instead (which the hardware may run as a CAS loop; the GPU
+  // check times both).
+  pr.hist64 = std::getenv("RAPID_SPEC_SAMPLE_HIST64") != nullptr;
   pr.slice = slice, pr.ns = ns, pr.ns_small = ns_small, pr.cap = cap, pr.use_hist = use_hist;
 
   const auto blocks = [](int64_t n) { return static_cast<unsigned int>(n); };

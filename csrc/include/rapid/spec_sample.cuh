@@ -70,6 +70,7 @@ struct Params {
   int64_t local_cap;               // list capacity per big slice
   bool use_hist;                   // V > cap: histogram select; else every finite token is a candidate
   bool use_local;                  // histogram blocks keep per-slice lists (use_hist only)
+  bool hist64;                     // histogram blocks: one packed 64-bit shared atomic per token (else 3 x 32-bit)
 };
 
 // ---- block-wide helpers (results broadcast to every thread) ------------------------------------------------

@@ -100,6 +100,9 @@ __device__ __forceinline__ T split_reduce(SplitShared& sh, T v, Op op, T& slot) 
 struct SumF {
   __device__ float operator()(float a, float b) const { return a + b; }
 };
+struct SumLL {
+  __device__ long long operator()(long long a, long long b) const { return a + b; }
+};
 struct MinLL {
   __device__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
 };
@@ -249,9 +252,17 @@ __device__ int write_list(SplitShared& sh, const Params& pr, const float* z, con
 
 __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   __shared__ SplitShared sh;
-  // count << kCountShift | fixed-point mass, one 64-bit atomic per token: a slice has <= 2^13 tokens, each of
-  // mass <= 2^32 (fx_scale), so the mass field stays below 2^45 and the count field below 2^63.
-  __shared__ unsigned long long h_cm[kHistBins];
+  // hist64: count << kCountShift | fixed-point mass, one 64-bit atomic per token (a slice has <= 2^13 tokens,
+  // each of mass <= 2^32, so the mass field stays below 2^45 and the count field below 2^63). Else three 32-bit
+  // atomics (count, mass low 16 bits, mass high bits; each sum < 2^30): 64-bit shared atomics may be a CAS loop.
+  __shared__ union {
+    unsigned long long cm[kHistBins];
+    struct {
+      unsigned int cnt[kHistBins], lo[kHistBins], hi[kHistBins];
+    } w32;
+  } hs;
+  unsigned long long* h_cm = hs.cm;
+  const bool h64 = pr.hist64;
   __shared__ int is_last;
   const int64_t unit = blockIdx.x / pr.ns, s = blockIdx.x % pr.ns;
   const UnitRef r(pr, unit);
@@ -301,7 +312,10 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
   }
   if (err || pr.greedy || !pr.use_hist) return;  // uniform over the unit's blocks: nobody selects then
 
-  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) h_cm[j] = 0;
+  for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) {
+    if (h64) h_cm[j] = 0;
+    else hs.w32.cnt[j] = 0, hs.w32.lo[j] = 0, hs.w32.hi[j] = 0;
+  }
   __syncthreads();
   const int64_t x0 = s * pr.slice, x1 = min(pr.V, x0 + pr.slice);
   unsigned int far = 0;  // tokens in bins >= far_bin, counted (and their mass summed) without atomics
@@ -315,14 +329,34 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
       far_mass += w;
       return;
     }
-    atomicAdd(&h_cm[bin], kOneCount | w);
+    if (h64) {
+      atomicAdd(&h_cm[bin], kOneCount | w);
+    } else {
+      atomicAdd(&hs.w32.cnt[bin], 1u);
+      if (w) atomicAdd(&hs.w32.lo[bin], static_cast<unsigned int>(w & 0xFFFFu));
+      if (w >> 16) atomicAdd(&hs.w32.hi[bin], static_cast<unsigned int>(w >> 16));
+    }
   });
-  if (far) atomicAdd(&h_cm[kHistBins - 1], static_cast<unsigned long long>(far) << kCountShift | far_mass);
+  if (h64) {
+    if (far) atomicAdd(&h_cm[kHistBins - 1], static_cast<unsigned long long>(far) << kCountShift | far_mass);
+  } else {  // the far tokens go straight to the unit's last global bin, once per block
+    const long long far_n = split_reduce(sh, static_cast<long long>(far), SumLL(), sh.l);
+    const long long far_m = split_reduce(sh, static_cast<long long>(far_mass), SumLL(), sh.l);
+    if (threadIdx.x == 0 && far_n) {
+      atomicAdd(&pr.hist_count[unit * kHistBins + kHistBins - 1], static_cast<unsigned int>(far_n));
+      if (far_m) atomicAdd(&pr.hist_mass[unit * kHistBins + kHistBins - 1], static_cast<unsigned long long>(far_m));
+    }
+  }
   __syncthreads();
+  auto count_of = [&](int j) -> unsigned long long { return h64 ? h_cm[j] >> kCountShift : hs.w32.cnt[j]; };
+  auto mass_of = [&](int j) -> unsigned long long {
+    return h64 ? h_cm[j] & kMassMask
+               : (static_cast<unsigned long long>(hs.w32.hi[j]) << 16) + static_cast<unsigned long long>(hs.w32.lo[j]);
+  };
   if (pr.use_local) {  // this slice's best tokens, up to local_cap of them: the bins before the cap is crossed
     constexpr int kPer = kHistBins / kSplitThreads;
     unsigned long long c[kPer], mine = 0, acc;
-    for (int k = 0; k < kPer; ++k) mine += (c[k] = h_cm[threadIdx.x * kPer + k] >> kCountShift);
+    for (int k = 0; k < kPer; ++k) mine += (c[k] = count_of(threadIdx.x * kPer + k));
     cub::BlockScan<unsigned long long, kSplitThreads>(sh.tmp.scan_ul).ExclusiveSum(mine, acc);
     __syncthreads();
     long long hit = kHistBins - 1;  // the whole slice fits
@@ -345,10 +379,9 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(Params pr) {
     }
   }
   for (int j = threadIdx.x; j < kHistBins; j += kSplitThreads) {
-    const unsigned long long v = h_cm[j];
-    if (!v) continue;
-    atomicAdd(&pr.hist_count[unit * kHistBins + j], static_cast<unsigned int>(v >> kCountShift));
-    if (v & kMassMask) atomicAdd(&pr.hist_mass[unit * kHistBins + j], v & kMassMask);
+    const unsigned long long c = count_of(j), m = mass_of(j);
+    if (c) atomicAdd(&pr.hist_count[unit * kHistBins + j], static_cast<unsigned int>(c));
+    if (m) atomicAdd(&pr.hist_mass[unit * kHistBins + j], m);
   }
   __threadfence();
   __syncthreads();
