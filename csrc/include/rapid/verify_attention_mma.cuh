@@ -98,7 +98,8 @@ __device__ __forceinline__ void dequant_vec(const typename VecType<VB>::T& raw, 
   if constexpr (F == KvFormat::kInt8) {
     const float s = *static_cast<const float*>(scale_row);
 #pragma unroll
-    for (int i = 0; i < VB; ++i) dst[i] = (small_uint_to_float(bytes[i] ^ 0x80u) - 128.f) * s;
+    for (int i = 0; i < VB; ++i)  // 2^23 + (v + 128) - (2^23 + 128) = v, exactly, in one add
+      dst[i] = (__uint_as_float(0x4B000000u | (bytes[i] ^ 0x80u)) - 8388736.f) * s;
   } else if constexpr (F == KvFormat::kInt4) {  // one group of G >= EV values covers the whole vector
     const int grp = e0 / int4_group(D);
     const float s = __half2float(static_cast<const __half*>(scale_row)[grp]);
