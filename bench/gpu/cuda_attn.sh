@@ -3,10 +3,10 @@
 # AFTER the extension is built (RAPID_BUILD_CUDA=1 RAPID_CUDA_ARCHS=90 ... setup.py build_ext --inplace).
 # Steps, each under its own time limit (about 100 s in all); logs and JSON land in $OUT:
 #   1. correctness: the CUDA/Triton attention + KV-quant tests (float64 oracle, bitwise batch invariance,
-#      bad input; backends triton, cuda and cuda-staged) -> pytest summary line;
+#      bad input; backends triton, cuda (staged kernel) and cuda-direct) -> pytest summary line;
 #   2. bad input never crashes (each case in its own process) + the .cu formatted-TORCH_CHECK diagnostic;
 #   3. speed: Llama (32q/8kv/D128) then SmolLM2 (9q/3kv/D64) heads, S 32K/64K, bf16/int8/int4, n_query
-#      1/4/11: CUDA (direct and staged kernels), Triton, SDPA; copy bandwidth measured in-run; TARGET PASS/FAIL
+#      1/4/11: CUDA (staged default, direct), Triton, SDPA; copy bandwidth measured in-run; TARGET PASS/FAIL
 #      lines; Triton config sweep and CUDA split-target sweep.
 set -u
 OUT=${OUT:-bench/results/gpu}
