@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(kSplitThreads) gather_kernel(Params pr) {
 
 struct FinishShared {
   unsigned int h_cnt[kHistBins];
-  unsigned long long h_mass[kHistBins];
+  unsigned int h_lo[kHistBins], h_hi[kHistBins];  // fixed-point mass, low 16 bits and the rest (32-bit atomics)
   int seg_off[kSegChunk], seg_base[kSegChunk];
   int pos_d, nsub;
 };
@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
   const int64_t src_len = lists ? pr.ns * pr.local_cap : cap;
   const int64_t nseg = lists ? pr.ns : pr.ns_small;
   if (threadIdx.x == 0) fs.pos_d = -1;
-  for (int j = threadIdx.x; j < kHistBins; j += kThreads) fs.h_cnt[j] = 0, fs.h_mass[j] = 0;
+  for (int j = threadIdx.x; j < kHistBins; j += kThreads) fs.h_cnt[j] = 0, fs.h_lo[j] = 0, fs.h_hi[j] = 0;
   int placed = 0;  // uniform
   for (int64_t c0 = 0; c0 < nseg; c0 += kSegChunk) {
     const int64_t sl = c0 + threadIdx.x;
@@ -559,7 +559,8 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
           const int bin = hist_bin(c[k].z, zmax, pr.inv_t);
           atomicAdd(&fs.h_cnt[bin], 1u);
           const unsigned long long w = fx_mass(c[k].z, zmax, pr);
-          if (w) atomicAdd(&fs.h_mass[bin], w);
+          if (w) atomicAdd(&fs.h_lo[bin], static_cast<unsigned int>(w & 0xFFFFu));  // sums < 2^30: cap <= 2^14
+          if (w >> 16) atomicAdd(&fs.h_hi[bin], static_cast<unsigned int>(w >> 16));
         }
         ++p;
       }
@@ -587,7 +588,8 @@ __global__ void __launch_bounds__(kThreads) finish_kernel(Params pr) {
   // mass is below the target, bins after bp are out.
   if (pr.top_p < 1.f) {
     auto mass_of = [&](int j) -> unsigned long long {
-      return j < kb ? fs.h_mass[j] : (j == kb ? kb_mass : 0ull);
+      const unsigned long long m = (static_cast<unsigned long long>(fs.h_hi[j]) << 16) + fs.h_lo[j];
+      return j < kb ? m : (j == kb ? kb_mass : 0ull);
     };
     unsigned long long total = 0;
     for (int j = threadIdx.x; j < kHistBins; j += kThreads) total += mass_of(j);
