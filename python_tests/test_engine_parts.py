@@ -92,6 +92,28 @@ def test_cost_model_does_not_chase_a_marginal_gain(min_gain, expected):
     assert cm.could_pay()  # all-accepted drafting would pay by more than 5%: probes stay allowed
 
 
+def test_cost_model_trusts_measured_time_over_its_prediction():
+    # The draft steps it is shown look cheap (2 ms), but each speculative round really costs 15 ms per draft
+    # (e.g. drafter catch-up work outside the timed steps): the model keeps predicting a gain, the measured
+    # rounds lose time, and auto must stay within the loss budget of plain decoding anyway.
+    cm = SpeculationCostModel(gamma_max=8)
+    t_verify = lambda n: 0.02 + 0.002 * (n - 1)  # noqa: E731
+    g_rng, spent, emitted = torch.Generator().manual_seed(1), 0.0, 0
+    while emitted < 1000:
+        gamma = cm.choose()
+        accepted = 0
+        while accepted < gamma and torch.rand((), generator=g_rng).item() < 0.6:
+            accepted += 1
+        for _ in range(gamma):
+            cm.record_draft_step(0.002)
+        seconds = gamma * 0.015 + t_verify(gamma + 1)
+        cm.record_verify(gamma + 1, t_verify(gamma + 1))
+        cm.record_round(gamma, accepted, seconds)
+        spent, emitted = spent + seconds, emitted + accepted + 1
+    assert cm.best_gamma() > 0  # the model alone would keep speculating
+    assert spent <= emitted * t_verify(1) * (1 + cm.probe_budget) + 0.05
+
+
 def test_cost_model_never_probes_when_drafting_cannot_pay_at_any_acceptance():
     cm = SpeculationCostModel(gamma_max=8)
     # A draft step costs as much as a verify step and wider verifies cost more: even with every draft

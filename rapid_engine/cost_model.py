@@ -14,10 +14,11 @@ g is never below plain decoding *by the model's own estimate*: speculation is sw
 
 Everything is measured online in the same generation: `t_draft` from the drafter's one-token steps, `t_verify(n)`
 per verified width n (a line a + b (n - 1) fitted through the widths seen so far), `alpha` from decayed counts of
-accepted drafts and first rejections. While plain decoding wins, speculation is re-probed with one draft, but only
-while the time the probes lost (a probe round's seconds minus what plain decoding would have spent on the tokens
-it emitted) stays within `probe_budget` (3%) of the elapsed decode time: a document where drafting starts to pay
-later is not missed, and where it never pays `auto` stays within that budget of plain decoding.
+accepted drafts and first rejections. The model's choice is checked against measured time: every speculative
+round's seconds minus what plain decoding would have spent on the tokens it emitted is summed, and while that loss
+exceeds `probe_budget` (3%) of the elapsed decode time, auto decodes plainly whatever the model predicts. While
+plain decoding wins, speculation is re-probed with one draft within the same budget: a document where drafting
+starts to pay later is not missed, and where it never pays `auto` stays within that budget of plain decoding.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ class SpeculationCostModel:
         # a marginal predicted gain is as likely a measured loss (seen: 0.92x lc at 4K with gamma ~0.3).
         self.min_gain = min_gain
         self.elapsed_s = 0.0       # decode seconds of every recorded round
-        self.probe_loss_s = 0.0    # seconds the probe rounds cost beyond plain decoding of what they emitted
+        # Seconds the speculative rounds cost beyond plain decoding of the tokens they emitted (negative while
+        # speculation pays): measured ground truth that overrides the model's prediction.
+        self.spec_loss_s = 0.0
         self._last_probe_loss: float | None = None
         self._probing = False      # the round being chosen now is a probe (plain decoding was the best choice)
         self.rounds = 0
@@ -77,10 +80,11 @@ class SpeculationCostModel:
         if seconds is not None:
             self.elapsed_s += seconds
             plain = self.verify_seconds(1)
-            if probing and plain is not None:
-                loss = seconds - (accepted + 1) * plain  # negative when the probe paid off
-                self.probe_loss_s += loss
-                self._last_probe_loss = max(loss, 0.0)
+            if drafted > 0 and plain is not None:
+                loss = seconds - (accepted + 1) * plain  # negative when the round beat plain decoding
+                self.spec_loss_s += loss
+                if probing:
+                    self._last_probe_loss = max(loss, 0.0)
         if drafted == 0:
             return
         rejected = 1 if accepted < drafted else 0
@@ -171,11 +175,13 @@ class SpeculationCostModel:
             self._probing = True
             return self.first_probe
         best = self.best_gamma()
-        if best > 0:
-            return best
+        budget = self.probe_budget * self.elapsed_s
+        if best > 0 and self.spec_loss_s <= budget:
+            return best  # predicted to pay, and the speculative rounds so far have not lost more than the budget
+        # Plain decoding is best, or speculation was predicted to pay but measured to lose time: probe sparsely.
         if not self.could_pay():
             return 0  # a draft step costs too much for any acceptance rate to help: probing only loses time
-        if self.probe_loss_s + self.expected_probe_loss() <= self.probe_budget * self.elapsed_s:
+        if self.spec_loss_s + self.expected_probe_loss() <= budget:
             self._probing = True
             return 1
         return 0
