@@ -106,12 +106,15 @@ def run_case(name: str, length: int, args, cache_dir: Path) -> dict:
                                                 "generated_tokens", "predicted_speedup", "draft_step_s", "verify_s",
                                                 "prompt_tokens", "drafter_prompt_tokens")}
         row["modes"][mode]["answer"] = res.text[:200]
+        row["modes"][mode]["runs_tokens_per_s"] = [r.stats["decode_tokens_per_s"] for r in runs[mode]]
         print(f"  {name} {length:>6} {mode:<6} {s['decode_tokens_per_s']:7.2f} tok/s  accept "
               f"{s['acceptance_rate']:.2f}  gamma {s['gamma']:.2f}  predicted x{s['predicted_speedup'] or 1:.2f}",
               flush=True)
     lc_tps = row["modes"]["lc"]["decode_tokens_per_s"]
     for mode, m in row["modes"].items():
         m["speedup_vs_lc"] = m["decode_tokens_per_s"] / lc_tps
+    lc_runs = row["modes"]["lc"]["runs_tokens_per_s"]
+    row["lc_spread"] = max(lc_runs) / min(lc_runs)  # run-to-run noise of identical work, this case, this run
     if length <= args.hf_max_len and not extended:
         from rapid_engine.prompting import build_prompt
         p = build_prompt(model.tokenizer, document, question, capacity=capacity, reserve=args.new_tokens + 1)
@@ -162,6 +165,34 @@ def markdown_table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def target_summary(rows: list) -> str:
+    """Issue 6's speed targets, checked against the rows: gamma=auto >= 0.95x lc at every length; rapid >= 2x
+    transformers at 8K; measured speedup within 15% of the cost model's prediction."""
+    spec = [(r, mode, r["modes"][mode]) for r in rows for mode in ("sd", "rapid")]
+    if not spec:
+        return ""
+    worst = min(spec, key=lambda x: x[2]["speedup_vs_lc"])
+    pred = [(r, mode, m, m["speedup_vs_lc"] / m["predicted_speedup"]) for r, mode, m in spec if m["predicted_speedup"]]
+    off = max(pred, key=lambda x: abs(x[3] - 1.0)) if pred else None
+    lines = ["Targets (issue 6), from the rows above:",
+             f"- gamma=auto vs lc: lowest {worst[2]['speedup_vs_lc']:.3f}x ({worst[0]['model']} "
+             f"{worst[0]['context_tokens']} {worst[1]}); target >= 0.95x: "
+             f"{'met' if worst[2]['speedup_vs_lc'] >= 0.95 else 'NOT met'}"]
+    for r in rows:
+        if r["context_tokens"] == 8192 and r.get("transformers_decode_tokens_per_s"):
+            x = r["modes"]["rapid"]["speedup_vs_transformers"]
+            lines.append(f"- rapid vs transformers at 8K ({r['model']}): {x:.2f}x; target >= 2x: "
+                         f"{'met' if x >= 2 else 'NOT met'}")
+    if off:
+        lines.append(f"- measured / predicted speedup: worst {off[3]:.3f} ({off[0]['model']} {off[0]['context_tokens']} "
+                     f"{off[1]}); target within 15%: {'met' if abs(off[3] - 1) <= 0.15 else 'NOT met'}")
+    spreads = [r["lc_spread"] for r in rows if "lc_spread" in r]
+    if spreads:
+        lines.append(f"- noise: lc's own runs (identical work) spread {min(spreads):.3f}-{max(spreads):.3f}x "
+                     f"(max/min of {rows[0]['repeats']} runs per case)")
+    return "\n".join(lines)
+
+
 def plot(rows: list, out_dir: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -189,9 +220,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2,qwen-coder")
     ap.add_argument("--lengths", default=None, help="comma-separated; default per model (see module doc)")
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--kv-dtype", default="bf16")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds over the modes (best of)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the modes (best of)")
     ap.add_argument("--retrieval-tokens", type=int, default=None,
                     help="drafter context budget (default: the paper's max(4096, L/24))")
     ap.add_argument("--hf-max-len", type=int, default=8192, help="longest context also run with transformers")
@@ -206,7 +237,7 @@ def main(argv=None) -> int:
     if args.replot:
         rows = json.loads(out.read_text())["rows"]
         plot(rows, out.parent)
-        out.with_suffix(".md").write_text(markdown_table(rows) + "\n\n" + NOTES)
+        out.with_suffix(".md").write_text(markdown_table(rows) + "\n\n" + target_summary(rows) + "\n\n" + NOTES)
         return 0
     from roofline import machine_info, read_bandwidth_gbs
 
@@ -226,7 +257,7 @@ def main(argv=None) -> int:
     if args.prefill_only:
         return 0
     plot(rows, out.parent)
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\n" + target_summary(rows)
     out.with_suffix(".md").write_text(table + "\n\n" + NOTES)
     print(table)
     print(f"wrote {out}, {out.with_suffix('.md')} and plots")
