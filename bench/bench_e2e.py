@@ -42,27 +42,28 @@ def _document(tokenizer, n_tokens: int, fact: str) -> str:
     return f"{body[:mid]}\n{fact}\n{body[mid:]}"
 
 
-def _load(name: str, length: int):
+def _load(name: str, length: int, dtype: str = "fp32"):
     """(model, capacity, document tokens, rope_extended). Up to the trained length the document is shortened by
     the room the template, question and answer need; past it SmolLM2 gets linear RoPE scaling (a speed run)."""
     from rapid_engine import assets
     from rapid_engine.models.loader import load_model
     path = assets.smollm2_path() if name == "smollm2" else assets.qwen_coder_path()
-    model = load_model(path)
+    model = load_model(path, dtype=dtype)
     trained = model.config.max_position_embeddings
     if length <= trained:
         return model, trained, min(length, trained - ROOM), False
     factor = 2
     while trained * factor < length + ROOM:
         factor *= 2
-    model = load_model(path, rope_scaling={"rope_type": "linear", "factor": float(factor)})
+    model = load_model(path, dtype=dtype, rope_scaling={"rope_type": "linear", "factor": float(factor)})
     return model, trained * factor, length, True
 
 
-def _hf_decode_tps(folder, prompt_ids: list, new_tokens: int) -> tuple[float, list]:
+def _hf_decode_tps(folder, prompt_ids: list, new_tokens: int, dtype: str = "fp32") -> tuple[float, list]:
     """transformers: prefill the same prompt into a DynamicCache (chunked), then time greedy generate."""
     from transformers import AutoModelForCausalLM, DynamicCache
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]  # the same weights dtype as ours
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).eval()
     ids = torch.tensor([prompt_ids])
     cache = DynamicCache()
     with torch.inference_mode():
@@ -80,14 +81,14 @@ def run_case(name: str, length: int, args, cache_dir: Path) -> dict:
     from rapid_engine.retrieval.needles import FACTS
     from rapid_engine import assets
 
-    model, capacity, doc_tokens, extended = _load(name, length)
+    model, capacity, doc_tokens, extended = _load(name, length, args.dtype)
     fact, question = FACTS[length % len(FACTS)]
     engine = RapidEngine(model, kv_dtype=args.kv_dtype, cache_dir=cache_dir, max_context=capacity)
     document = _document(model.tokenizer, doc_tokens, fact)
     kw = dict(max_new_tokens=args.new_tokens, temperature=0.0, progress=True, retrieval_tokens=args.retrieval_tokens,
               ignore_eos=True)
     row = {"model": name, "context_tokens": length, "document_tokens": doc_tokens, "rope_extended": extended,
-           "kv_dtype": args.kv_dtype, "new_tokens": args.new_tokens, "repeats": args.repeats, "modes": {}}
+           "kv_dtype": args.kv_dtype, "dtype": args.dtype, "new_tokens": args.new_tokens, "repeats": args.repeats, "modes": {}}
     engine.generate(document, question, mode="lc", **dict(kw, max_new_tokens=1))  # prefill once, untimed
     if args.prefill_only:  # also embed and index the document for the drafter's retrieval
         engine.generate(document, question, mode="rag", **dict(kw, max_new_tokens=1))
@@ -120,7 +121,7 @@ def run_case(name: str, length: int, args, cache_dir: Path) -> dict:
         p = build_prompt(model.tokenizer, document, question, capacity=capacity, reserve=args.new_tokens + 1)
         assert len(p.ids) == row["modes"]["lc"]["prompt_tokens"]  # exactly lc's prompt
         path = assets.smollm2_path() if name == "smollm2" else assets.qwen_coder_path()
-        hf_tps, _ = _hf_decode_tps(path, p.ids, args.new_tokens)
+        hf_tps, _ = _hf_decode_tps(path, p.ids, args.new_tokens, args.dtype)
         row["transformers_decode_tokens_per_s"] = hf_tps
         for m in row["modes"].values():
             m["speedup_vs_transformers"] = m["decode_tokens_per_s"] / hf_tps
@@ -150,6 +151,7 @@ def markdown_table(rows: list) -> str:
              "gamma |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ctx = f"{r['context_tokens']} ({r['document_tokens']} doc)" + (" RoPE-extended" if r["rope_extended"] else "")
+        ctx += f" {r['dtype']} weights" if r.get("dtype", "fp32") != "fp32" else ""
         hf = r.get("transformers_decode_tokens_per_s")
         if hf:
             lines.append(f"| {r['model']} | {ctx} | transformers | {hf:.2f} | "
@@ -200,8 +202,10 @@ def plot(rows: list, out_dir: Path) -> None:
     for key, fname, ylabel in (("speedup_vs_lc", "e2e_speedup.png", "decode speedup over lc"),
                                ("acceptance_rate", "e2e_acceptance.png", "draft acceptance rate")):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for model in sorted({r["model"] for r in rows}):
-            rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["context_tokens"])
+        def series(r):
+            return r["model"] + ("" if r.get("dtype", "fp32") == "fp32" else f" {r['dtype']}")
+        for model in sorted({series(r) for r in rows}):
+            rs = sorted((r for r in rows if series(r) == model), key=lambda r: r["context_tokens"])
             for mode in (("rag", "sd", "rapid") if key == "speedup_vs_lc" else ("sd", "rapid")):
                 xs = [r["context_tokens"] for r in rs]
                 ax.plot(xs, [r["modes"][mode][key] for r in rs], marker="o", label=f"{model} {mode}")
@@ -222,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default=None, help="comma-separated; default per model (see module doc)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--kv-dtype", default="bf16")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                    help="weights and activations, for the engine and for transformers alike")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the modes (best of)")
     ap.add_argument("--retrieval-tokens", type=int, default=None,
                     help="drafter context budget (default: the paper's max(4096, L/24))")
