@@ -8,7 +8,8 @@ the context, so achieved GB/s / read bandwidth is the fraction of this machine's
 
     pytest bench/bench_decode.py -s      # writes bench/results/bench_decode.json
 Targets (issue: Models/Speed): >= 1x transformers at 1K context, >= 2x at 8K (fp32).
-Env: RAPID_BENCH_DTYPE=bf16 to run both in bfloat16; RAPID_BENCH_CONTEXTS=1024,8000 to pick contexts.
+Env: RAPID_BENCH_DTYPE=bf16 to run both in bfloat16; RAPID_BENCH_CONTEXTS=1024,8000 to pick contexts;
+RAPID_BENCH_MODEL=qwen-coder for Qwen2.5-Coder-0.5B; RAPID_BENCH_TAG=qwen_bf16 writes bench_decode_qwen_bf16.json.
 """
 import os
 import statistics
@@ -24,12 +25,13 @@ transformers = pytest.importorskip("transformers")
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}[os.environ.get("RAPID_BENCH_DTYPE", "fp32")]
 CONTEXTS = [int(c) for c in os.environ.get("RAPID_BENCH_CONTEXTS", "1024,8000").split(",")]
+MODEL = os.environ.get("RAPID_BENCH_MODEL", "smollm2")
 ROUNDS, STEPS = 3, 8
 
 
 @pytest.fixture(scope="module")
 def models():
-    path = assets.smollm2_path()
+    path = {"smollm2": assets.smollm2_path, "qwen-coder": assets.qwen_coder_path}[MODEL]()
     ours = load_model(path, dtype=DTYPE)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPE).eval()
     return ours, hf
@@ -90,7 +92,7 @@ def test_decode_vs_transformers(models, context, roofline, report):
     read_bw = statistics.median(reads)
     bytes_per_token = _weight_bytes(ours) + context * ours.kv_bytes_per_token(kv_dtype)
     achieved = bytes_per_token / t_ours / 1e9
-    row = report(context=context, dtype=str(DTYPE).replace("torch.", ""), ours_tok_s=1 / t_ours,
+    row = report(model=MODEL, context=context, dtype=str(DTYPE).replace("torch.", ""), ours_tok_s=1 / t_ours,
                  transformers_tok_s=1 / t_hf, speedup=t_hf / t_ours, bytes_per_token=bytes_per_token,
                  achieved_gbs=achieved, read_gbs=read_bw, fraction_of_read_bw=achieved / read_bw,
                  threads=torch.get_num_threads())

@@ -60,7 +60,10 @@ def report(request):
             if stats is not None:
                 figures = {"median_s": stats.stats.median, **figures}
         row = {"test": request.node.name, **figures}
-        _ROWS.setdefault(Path(str(request.node.fspath)).stem, []).append(row)
+        # RAPID_BENCH_TAG=x writes <bench>_x.json: a variant run (another model or dtype) keeps the default's file
+        tag = os.environ.get("RAPID_BENCH_TAG")
+        stem = Path(str(request.node.fspath)).stem + (f"_{tag}" if tag else "")
+        _ROWS.setdefault(stem, []).append(row)
         return row
 
     return _report

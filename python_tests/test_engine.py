@@ -75,6 +75,16 @@ def test_document_cache_skips_the_prefill_and_changes_nothing(engine, tmp_path):
     assert other.stats["doc_cache_hit"]  # same document, new question: the prefix is reused
 
 
+def test_drafter_prefix_is_cached_and_changes_nothing(engine):
+    first = gen(engine, "sd", gamma=4)
+    second = gen(engine, "sd", gamma=4)
+    assert not first.stats["drafter_cache_hit"] and second.stats["drafter_cache_hit"]
+    assert second.token_ids == first.token_ids
+    assert second.stats["accepted_hist"] == first.stats["accepted_hist"]  # the drafter proposed the same drafts
+    rag1, rag2 = gen(engine, "rag"), gen(engine, "rag")  # rag's target reads the same retrieved prefix
+    assert rag2.stats["doc_cache_hit"] and rag2.token_ids == rag1.token_ids
+
+
 def test_rapid_shift_moves_the_target_towards_the_drafter(engine):
     sd = gen(engine, "sd", gamma=4)
     strong = gen(engine, "rapid", gamma=4, eta=50.0)

@@ -57,6 +57,7 @@ class RapidEngine:
         self.doc_cache = DocumentCache(self.cache_dir / "documents", doc_cache_bytes) if doc_cache_bytes else None
         self._embedder, self._retrievers = embedder, {}
         self._fingerprint = _model_fingerprint(target)
+        self._drafter_fingerprint = self._fingerprint if self.drafter is target else _model_fingerprint(self.drafter)
 
     @classmethod
     def from_pretrained(cls, target, drafter=None, *, device="cpu", dtype=None, kv_dtype: str = "bf16",
@@ -149,7 +150,7 @@ class RapidEngine:
 
         eos_ids = [] if ignore_eos else self.target.tokenizer.eos_token_ids
         pieces = self._run(target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop,
-                           eos_ids, seed, stats, mode != "rag", progress)
+                           eos_ids, seed, stats, progress)
         out = GenerationStream(pieces)
         if stream:
             return out
@@ -177,39 +178,39 @@ class RapidEngine:
                               f"{self.target.device}; use a smaller kv_dtype (int8/int4), a shorter context or "
                               f"fewer max_new_tokens")
 
-    def _prefill_target(self, prompt, max_len, progress, stats):
-        """Target cache holding prompt[:-1]; the document prefix comes from the document cache when possible."""
-        model, kv_dtype = self.target, self.kv_dtype
+    def _prefill_cached(self, model, kv_dtype, prompt, max_len, progress):
+        """A cache of `model` holding prompt[:-1]. The context part of the prompt (the document for the target,
+        the retrieved chunks for the drafter and `rag`) comes from the document cache when it was seen before;
+        the question part is always prefilled on top, so a hit and a miss build the same cache.
+        Returns (cache, hit)."""
         prefix = prompt.prefix_ids
-        key = document_key(self._fingerprint, kv_dtype, prefix) if self.doc_cache and len(prefix) > 1 else None
+        fingerprint = self._fingerprint if model is self.target else self._drafter_fingerprint
+        key = document_key(fingerprint, kv_dtype, prefix) if self.doc_cache and len(prefix) > 1 else None
         hit = self.doc_cache.load(key) if key else None
         if hit is not None and hit[1].get("length") == len(prefix):
             from rapid_engine.kv_cache import KVCache
             cache = KVCache.from_tensors(hit[0], len(prefix), max_len=max_len, device=model.device,
                                          kv_dtype=kv_dtype)
         else:
+            hit = None
             cache = model.new_cache(max_len, kv_dtype=kv_dtype)
             model.prefill(_ids(prefix, model), cache, progress=progress)
             if key:
                 self.doc_cache.store(key, cache.tensors(), {"length": len(prefix), "kv_dtype": kv_dtype})
-        stats["doc_cache_hit"] = hit is not None
         rest = prompt.tail_ids[:-1]
         if rest:
             model.prefill(_ids(rest, model), cache, progress=False)
-        return cache
+        return cache, hit is not None
 
     def _run(self, target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop, eos_ids,
-             seed, stats, use_doc_cache, progress):
+             seed, stats, progress):
         t0 = time.perf_counter()
-        if use_doc_cache:
-            target_cache = self._prefill_target(target_prompt, plan[0][1], progress, stats)
-        else:
-            target_cache = self.target.new_cache(plan[0][1], kv_dtype=self.kv_dtype)
-            self.target.prefill(_ids(target_prompt.ids[:-1], self.target), target_cache, progress=progress)
+        target_cache, stats["doc_cache_hit"] = self._prefill_cached(self.target, self.kv_dtype, target_prompt,
+                                                                    plan[0][1], progress)
         draft_state = None
         if drafter_prompt is not None:
-            d_cache = self.drafter.new_cache(plan[1][1], kv_dtype=self.drafter_kv_dtype)
-            self.drafter.prefill(_ids(drafter_prompt.ids[:-1], self.drafter), d_cache, progress=progress)
+            d_cache, stats["drafter_cache_hit"] = self._prefill_cached(self.drafter, self.drafter_kv_dtype,
+                                                                       drafter_prompt, plan[1][1], progress)
             draft_state = DraftState(self.drafter, d_cache, [drafter_prompt.ids[-1]])
         stats["prefill_s"] = time.perf_counter() - t0
 
