@@ -76,6 +76,40 @@ def test_cost_model_probes_stay_within_the_time_budget(tokens):
         assert 2 <= probes <= cm.probe_budget * plain / loss_each + 1, chosen
 
 
+@pytest.mark.parametrize("catchup_per_token", [0.0002, 0.004])
+def test_cost_model_budget_covers_the_drafters_catch_up(catchup_per_token):
+    # After plain rounds the drafter must first be fed every token it missed: a probe after n plain rounds costs
+    # (n - 1) * catchup more than the probe itself. Drafts would pay if accepted but none is. Whether the catch-up
+    # is cheap (re-probing stays affordable) or dear (4 ms a token against a 20 ms step: a re-probe can never fit
+    # the 3% budget), auto stays within the budget of plain decoding, plus the first probe.
+    cm = SpeculationCostModel(gamma_max=8)
+    cm.record_catchup(40, 40 * catchup_per_token)  # as the engine does from the drafter's prompt-tail prefill
+    t_draft, t_verify = 0.006, lambda n: 0.02 + 0.004 * (n - 1)  # noqa: E731
+    spent, emitted, pending, probes = 0.0, 0, 0, 0
+    while emitted < 2000:
+        gamma = cm.choose(pending=pending)
+        seconds = t_verify(gamma + 1)
+        if gamma > 0:
+            catchup = max(pending - 1, 0) * catchup_per_token
+            seconds += gamma * t_draft + catchup
+            cm.record_draft_step(t_draft)
+            if pending > 2:
+                cm.record_catchup(pending - 1, catchup)
+            probes, pending = probes + 1, 1  # all rejected: the drafter is fed the recovered token next
+        else:
+            pending += 1
+        cm.record_verify(gamma + 1, t_verify(gamma + 1))
+        cm.record_round(gamma, 0, seconds)
+        spent, emitted = spent + seconds, emitted + 1
+    first_probe = t_draft + t_verify(2) - t_verify(1)
+    # the loss is at most probe_budget of the decode time (which includes the loss): spent - plain <= b * spent
+    assert spent <= emitted * t_verify(1) / (1 - cm.probe_budget) + first_probe
+    if catchup_per_token < cm.probe_budget * t_verify(1):
+        assert probes >= 5  # cheap catch-up: it keeps re-probing within the budget
+    else:
+        assert probes <= 3  # every re-probe would overrun the budget: (almost) none after the first
+
+
 @pytest.mark.parametrize("min_gain, expected", [(1.05, 0), (1.0, 1)])
 def test_cost_model_does_not_chase_a_marginal_gain(min_gain, expected):
     # Estimates that predict drafting one token ~3% faster than plain decoding: within the timing noise of

@@ -14,11 +14,17 @@ g is never below plain decoding *by the model's own estimate*: speculation is sw
 
 Everything is measured online in the same generation: `t_draft` from the drafter's one-token steps, `t_verify(n)`
 per verified width n (a line a + b (n - 1) fitted through the widths seen so far), `alpha` from decayed counts of
-accepted drafts and first rejections. The model's choice is checked against measured time: every speculative
-round's seconds minus what plain decoding would have spent on the tokens it emitted is summed, and while that loss
-exceeds `probe_budget` (3%) of the elapsed decode time, auto decodes plainly whatever the model predicts. While
-plain decoding wins, speculation is re-probed with one draft within the same budget: a document where drafting
-starts to pay later is not missed, and where it never pays `auto` stays within that budget of plain decoding.
+accepted drafts and first rejections, and the drafter's catch-up cost per token (after plain rounds the drafter has
+not seen the emitted tokens; the next speculative round feeds them first).
+
+The model's choice is checked against measured time, and no round may risk more than the time it can afford:
+every speculative round's seconds minus what plain decoding would have spent on the tokens it emitted is summed
+(`spec_loss_s`, negative while speculation pays), and a round drafting g tokens is only started if its worst case
+(every draft rejected: catch-up + g draft steps + the wider verify, for one token) fits in
+`probe_budget * elapsed - spec_loss_s`. Where speculation pays, the gains raise that allowance and gamma ramps up
+within a few rounds; where it does not, at most `probe_budget` (3%) of the decode time goes to finding out, plus
+the one first probe that measures a draft step. While plain decoding wins, speculation is re-probed with one draft
+whenever the allowance covers it, so a document where drafting starts to pay later is not missed.
 """
 from __future__ import annotations
 
@@ -60,14 +66,18 @@ class SpeculationCostModel:
         # Seconds the speculative rounds cost beyond plain decoding of the tokens they emitted (negative while
         # speculation pays): measured ground truth that overrides the model's prediction.
         self.spec_loss_s = 0.0
-        self._last_probe_loss: float | None = None
-        self._probing = False      # the round being chosen now is a probe (plain decoding was the best choice)
+        self._catchup_per_token = _Ema(decay)  # drafter catch-up seconds per fed token
         self.rounds = 0
 
     # ---- measurements ----
     def record_draft_step(self, seconds: float) -> None:
         """One drafter forward over a single token (catch-up forwards over several tokens are not recorded)."""
         self.t_draft.update(seconds)
+
+    def record_catchup(self, tokens: int, seconds: float) -> None:
+        """One drafter forward that fed `tokens` emitted tokens it had not seen (and drafted one)."""
+        if tokens > 0:
+            self._catchup_per_token.update(seconds / tokens)
 
     def record_verify(self, width: int, seconds: float) -> None:
         """One target forward over `width` tokens plus the acceptance step."""
@@ -76,15 +86,11 @@ class SpeculationCostModel:
     def record_round(self, drafted: int, accepted: int, seconds: float | None = None) -> None:
         """A finished round: drafts proposed and accepted, and its wall time (drafter + target + sampling)."""
         self.rounds += 1
-        probing, self._probing = self._probing, False
         if seconds is not None:
             self.elapsed_s += seconds
             plain = self.verify_seconds(1)
             if drafted > 0 and plain is not None:
-                loss = seconds - (accepted + 1) * plain  # negative when the round beat plain decoding
-                self.spec_loss_s += loss
-                if probing:
-                    self._last_probe_loss = max(loss, 0.0)
+                self.spec_loss_s += seconds - (accepted + 1) * plain  # negative when the round beat plain
         if drafted == 0:
             return
         rejected = 1 if accepted < drafted else 0
@@ -157,31 +163,42 @@ class SpeculationCostModel:
         return False
 
     # ---- decision ----
-    def expected_probe_loss(self) -> float:
-        """What the next one-draft probe should cost beyond plain decoding: the last probe's loss, or before any,
-        a draft step plus the extra verified token with nothing accepted."""
-        if self._last_probe_loss is not None:
-            return self._last_probe_loss
-        return (self.t_draft.value or 0.0) + max(self.verify_seconds(2) - self.verify_seconds(1), 0.0)
+    def catchup_seconds(self, pending: int) -> float:
+        """What feeding `pending` unseen tokens to the drafter costs: measured per token once seen; before that,
+        the marginal cost of one more verified token (the fitted line's slope), capped by a draft step each."""
+        if pending <= 1:
+            return 0.0  # the last emitted token is fed with the first draft step anyway
+        rate = self._catchup_per_token.value
+        if rate is None:
+            slope = max(self.verify_seconds(2) - self.verify_seconds(1), 0.0)
+            rate = min(slope, self.t_draft.value) if self.t_draft.value is not None else slope
+        return (pending - 1) * rate
 
-    def choose(self) -> int:
-        """Gamma for the next round. Explores until both costs are measured, then exploits, re-probing within
-        the time budget."""
+    def worst_loss(self, gamma: int, pending: int = 0) -> float:
+        """Seconds a round drafting `gamma` tokens loses against plain decoding if every draft is rejected."""
+        return (self.catchup_seconds(pending) + gamma * (self.t_draft.value or 0.0)
+                + max(self.verify_seconds(gamma + 1) - self.verify_seconds(1), 0.0))
+
+    def allowance(self) -> float:
+        """Seconds speculation may still risk: the budget share of the elapsed time plus what it has gained."""
+        return self.probe_budget * self.elapsed_s - self.spec_loss_s
+
+    def choose(self, pending: int = 0) -> int:
+        """Gamma for the next round; `pending`: emitted tokens the drafter has not been fed yet. Measures plain
+        decoding first, then one probe, then exploits or re-probes only within the allowance."""
         if self.gamma_max == 0:
             return 0
         if 1 not in self.t_verify:
             return 0  # measure plain decoding first: it is the baseline every choice is compared with
         if self.t_draft.value is None:
-            self._probing = True
             return self.first_probe
+        allowance = self.allowance()
         best = self.best_gamma()
-        budget = self.probe_budget * self.elapsed_s
-        if best > 0 and self.spec_loss_s <= budget:
-            return best  # predicted to pay, and the speculative rounds so far have not lost more than the budget
-        # Plain decoding is best, or speculation was predicted to pay but measured to lose time: probe sparsely.
-        if not self.could_pay():
-            return 0  # a draft step costs too much for any acceptance rate to help: probing only loses time
-        if self.spec_loss_s + self.expected_probe_loss() <= budget:
-            self._probing = True
-            return 1
+        if best == 0:
+            if not self.could_pay():
+                return 0  # a draft step costs too much for any acceptance rate to help: probing only loses time
+            best = 1  # plain decoding predicted best: re-probe with one draft, if affordable
+        for g in range(best, 0, -1):  # the longest draft up to the best whose worst case is affordable
+            if self.worst_loss(g, pending) <= allowance:
+                return g
         return 0

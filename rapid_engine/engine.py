@@ -182,7 +182,7 @@ class RapidEngine:
         """A cache of `model` holding prompt[:-1]. The context part of the prompt (the document for the target,
         the retrieved chunks for the drafter and `rag`) comes from the document cache when it was seen before;
         the question part is always prefilled on top, so a hit and a miss build the same cache.
-        Returns (cache, hit)."""
+        Returns (cache, hit, (tokens, seconds) of that question-part prefill)."""
         prefix = prompt.prefix_ids
         fingerprint = self._fingerprint if model is self.target else self._drafter_fingerprint
         key = document_key(fingerprint, kv_dtype, prefix) if self.doc_cache and len(prefix) > 1 else None
@@ -198,18 +198,19 @@ class RapidEngine:
             if key:
                 self.doc_cache.store(key, cache.tensors(), {"length": len(prefix), "kv_dtype": kv_dtype})
         rest = prompt.tail_ids[:-1]
+        t0 = time.perf_counter()
         if rest:
             model.prefill(_ids(rest, model), cache, progress=False)
-        return cache, hit is not None
+        return cache, hit is not None, (len(rest), time.perf_counter() - t0)
 
     def _run(self, target_prompt, drafter_prompt, plan, params, gamma, gamma_max, max_new_tokens, stop, eos_ids,
              seed, stats, progress):
         t0 = time.perf_counter()
-        target_cache, stats["doc_cache_hit"] = self._prefill_cached(self.target, self.kv_dtype, target_prompt,
+        target_cache, stats["doc_cache_hit"], _ = self._prefill_cached(self.target, self.kv_dtype, target_prompt,
                                                                     plan[0][1], progress)
         draft_state = None
         if drafter_prompt is not None:
-            d_cache, stats["drafter_cache_hit"] = self._prefill_cached(self.drafter, self.drafter_kv_dtype,
+            d_cache, stats["drafter_cache_hit"], drafter_tail = self._prefill_cached(self.drafter, self.drafter_kv_dtype,
                                                                        drafter_prompt, plan[1][1], progress)
             draft_state = DraftState(self.drafter, d_cache, [drafter_prompt.ids[-1]])
         stats["prefill_s"] = time.perf_counter() - t0
@@ -219,16 +220,22 @@ class RapidEngine:
         gen = torch.Generator(device=self.target.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         cost = SpeculationCostModel(gamma_max=gamma_max)
+        if draft_state is not None and drafter_tail[0] > 1:  # a short prefill is what a drafter catch-up is
+            cost.record_catchup(*drafter_tail)
         hist, gammas, drafted, accepted = [0] * (gamma_max + 1), [], 0, 0
         last_token = target_prompt.ids[-1]
+        decode_s = 0.0  # time inside the loop: a streamed generation's consumer time (at `yield`) is not decoding
         t0 = time.perf_counter()
         while tracker.finish_reason is None:
-            g = (cost.choose() if gamma == "auto" else gamma) if draft_state is not None else 0
+            g = (cost.choose(pending=len(draft_state.pending)) if gamma == "auto" else gamma) \
+                if draft_state is not None else 0
             g = min(g, max_new_tokens - len(tracker.ids) - 1)  # drafts past the budget would be thrown away
             r = speculative_round(self.target, target_cache, last_token, draft_state, g, params, generator=gen)
             cost.record_verify(g + 1, r.verify_s)
             for s in r.draft_step_s:
                 cost.record_draft_step(s)
+            if r.catchup_tokens:  # the part of that forward beyond one draft step, per extra token fed
+                cost.record_catchup(r.catchup_tokens - 1, max(r.catchup_s - (cost.t_draft.value or 0.0), 0.0))
             cost.record_round(g, r.accepted, r.draft_s + r.verify_s)
             gammas.append(g)
             if g > 0:
@@ -238,8 +245,10 @@ class RapidEngine:
             last_token = r.tokens[-1]
             piece = tracker.ready_text()
             if piece:
+                decode_s += time.perf_counter() - t0
                 yield piece
-        decode_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+        decode_s += time.perf_counter() - t0
         piece = tracker.ready_text()
         if piece:
             yield piece

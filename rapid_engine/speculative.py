@@ -56,6 +56,8 @@ class RoundResult:
     draft_s: float = 0.0         # all drafter forwards of the round
     verify_s: float = 0.0        # the target forward + spec_sample
     draft_step_s: list[float] = field(default_factory=list)  # drafter forwards over 1-2 tokens (decode steps)
+    catchup_tokens: int = 0      # tokens the round's first drafter forward fed when that was a catch-up (> 2)
+    catchup_s: float = 0.0       # that forward's seconds
 
 
 def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -93,12 +95,13 @@ def _fit_vocab(probs: torch.Tensor, vocab: int) -> torch.Tensor:
 
 def draft(drafter: DraftState, gamma: int, params: SamplingParams, vocab: int, generator=None,
           clock=time.perf_counter):
-    """Propose `gamma` tokens. Returns (tokens int64 [1, gamma], probs float32 [1, gamma, V] or None, step times).
+    """Propose `gamma` tokens. Returns (tokens int64 [1, gamma], probs float32 [1, gamma, V] or None, step times,
+    (tokens, seconds) of a first forward that caught up on more than 2 pending tokens, else (0, 0.0)).
 
     Leaves the drafter's cache holding pending + d_1 .. d_{gamma-1} (the last draft is never fed here).
     """
     device = drafter.cache.device
-    tokens, probs, step_s = [], [], []
+    tokens, probs, step_s, catchup = [], [], [], (0, 0.0)
     feed = drafter.pending
     for _ in range(gamma):
         t0 = clock()
@@ -112,6 +115,8 @@ def draft(drafter: DraftState, gamma: int, params: SamplingParams, vocab: int, g
         elapsed = clock() - t0
         if len(feed) <= 2:  # a decode step; longer catch-ups after plain rounds are not draft costs
             step_s.append(elapsed)
+        else:
+            catchup = (len(feed), elapsed)
         tokens.append(token)
         probs.append(q)
         feed = [token]
@@ -119,7 +124,7 @@ def draft(drafter: DraftState, gamma: int, params: SamplingParams, vocab: int, g
     keep_probs = not (params.greedy and params.eta == 0.0)  # greedy without shift never reads q
     return (torch.tensor([tokens], dtype=torch.long),
             torch.stack(probs)[None] if keep_probs else None,
-            step_s)
+            step_s, catchup)
 
 
 def speculative_round(target, target_cache, last_token: int, drafter: DraftState | None, gamma: int,
@@ -133,10 +138,10 @@ def speculative_round(target, target_cache, last_token: int, drafter: DraftState
     t_start = clock()
     if gamma > 0:
         drafter_len0 = drafter.cache.length + len(drafter.pending)
-        draft_tokens, draft_probs, step_s = draft(drafter, gamma, params, vocab, generator, clock)
+        draft_tokens, draft_probs, step_s, catchup = draft(drafter, gamma, params, vocab, generator, clock)
     else:
         draft_tokens = torch.empty(1, 0, dtype=torch.long)
-        draft_probs, step_s = None, []
+        draft_probs, step_s, catchup = None, [], (0, 0.0)
     t_drafted = clock()
 
     verify_ids = torch.cat([torch.tensor([[last_token]], dtype=torch.long), draft_tokens], dim=1).to(device)
@@ -159,4 +164,4 @@ def speculative_round(target, target_cache, last_token: int, drafter: DraftState
         drafter.pending = draft_tokens[0, fed:accepted].tolist() + [emitted[-1]]
     elif drafter is not None:
         drafter.pending.append(emitted[-1])
-    return RoundResult(emitted, gamma, accepted, t_drafted - t_start, t_verified - t_drafted, step_s)
+    return RoundResult(emitted, gamma, accepted, t_drafted - t_start, t_verified - t_drafted, step_s, *catchup)
