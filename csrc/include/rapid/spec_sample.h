@@ -200,8 +200,10 @@ using Vec = VecScalar;
 #undef RAPID_SS_MFN
 
 // Below this much work a thread team costs more than it saves (and on a busy machine a descheduled team
-// member turns a 0.3 ms call into tens of ms).
+// member turns a 0.3 ms call into tens of ms). A single item (plain decoding, B = 1) never forms a team:
+// the loop is over items, so the other threads could only wait.
 constexpr int64_t kParallelMinFloats = 1 << 17;
+inline bool worth_a_team(int64_t n_items, int64_t floats) { return n_items > 1 && floats >= kParallelMinFloats; }
 
 // Per item (b, i): logit max and flags. Returns the first bad (b, i) as b * (G + 1) + i, or -1.
 struct ValidateOut {
@@ -214,7 +216,7 @@ inline ValidateOut validate(const Problem& pb, float* zmax, double sum_tol) {
   const int64_t n_items = pb.B * (pb.G + 1), n_q = pb.q ? pb.B * pb.G : 0;
   std::vector<uint8_t> bad(n_items, 0), qbad(n_q, 0);
   std::vector<double> qerr(n_q, 0);
-#pragma omp parallel for schedule(static) if ((n_items + n_q) * pb.V >= kParallelMinFloats)
+#pragma omp parallel for schedule(static) if (worth_a_team(n_items + n_q, (n_items + n_q) * pb.V))
   for (int64_t it = 0; it < n_items + n_q; ++it) {
     if (it < n_items) {
       const float* z = pb.logits + it * pb.V;
@@ -256,7 +258,7 @@ inline void sample(const Problem& pb, int64_t* tokens, int32_t* num_accepted) {
   std::vector<ItemResult> res(n_items);
   std::vector<std::atomic<int64_t>> first_reject(pb.B);
   for (auto& f : first_reject) f.store(G);
-#pragma omp parallel for schedule(dynamic, 1) if (n_items * pb.V >= kParallelMinFloats)
+#pragma omp parallel for schedule(dynamic, 1) if (worth_a_team(n_items, n_items * pb.V))
   for (int64_t it = 0; it < n_items; ++it) {
     const int64_t b = it / (G + 1), i = it % (G + 1);
     if (first_reject[b].load(std::memory_order_relaxed) < i) continue;  // an earlier draft already failed
