@@ -60,21 +60,27 @@ def _load(name: str, length: int, dtype: str = "fp32"):
     return model, trained * factor, length, True
 
 
-def _hf_decode_tps(folder, prompt_ids: list, new_tokens: int, dtype: str = "fp32") -> tuple[float, list]:
-    """transformers: prefill the same prompt into a DynamicCache (chunked), then time greedy generate."""
+def _hf_decode_tps(folder, prompt_ids: list, new_tokens: int, dtype: str = "fp32", reps: int = 2) -> tuple[float, list]:
+    """transformers: prefill the same prompt into a DynamicCache (chunked), then time greedy generate; best of
+    `reps` (the cache cropped back to the prompt between them), so the comparison errs in transformers' favour."""
     from transformers import AutoModelForCausalLM, DynamicCache
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]  # the same weights dtype as ours
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype).eval()
     ids = torch.tensor([prompt_ids])
     cache = DynamicCache()
+    best, out = 0.0, None
     with torch.inference_mode():
         for s in range(0, ids.shape[1] - 1, 1024):
             model(ids[:, s:min(s + 1024, ids.shape[1] - 1)], past_key_values=cache, use_cache=True)
-        t0 = time.perf_counter()
-        out = model.generate(ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, pad_token_id=0)
-        dt = time.perf_counter() - t0
-    return new_tokens / dt, out[0, ids.shape[1]:].tolist()
+        for _ in range(reps):
+            extra = cache.get_seq_length() - (ids.shape[1] - 1)  # the previous rep's generated tokens
+            if extra > 0:
+                cache.crop(-extra)  # transformers 5 crops by a negative count
+            t0 = time.perf_counter()
+            out = model.generate(ids, past_key_values=cache, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=0)
+            best = max(best, new_tokens / (time.perf_counter() - t0))
+    return best, out[0, ids.shape[1]:].tolist()
 
 
 def _lockstep(engine, document: str, question: str, kw: dict) -> dict:
@@ -207,7 +213,8 @@ def target_summary(rows: list) -> str:
     for r in rows:
         if r["context_tokens"] == 8192 and r.get("transformers_decode_tokens_per_s"):
             x = r["modes"]["rapid"]["speedup_vs_transformers"]
-            lines.append(f"- rapid vs transformers at 8K ({r['model']}): {x:.2f}x; target >= 2x: "
+            dt = "" if r.get("dtype", "fp32") == "fp32" else f", {r['dtype']} weights on both sides"
+            lines.append(f"- rapid vs transformers at 8K ({r['model']}{dt}): {x:.2f}x; target >= 2x: "
                          f"{'met' if x >= 2 else 'NOT met'}")
     if off:
         lines.append(f"- measured / predicted speedup: worst {off[3]:.3f} ({off[0]['model']} {off[0]['context_tokens']} "
