@@ -123,12 +123,15 @@ def test_prefill_chunk(isa, kv_dtype, force_isa):
 @needs_cpu
 @pytest.mark.parametrize("isa", cpu_isas())
 @pytest.mark.parametrize("kv_dtype", FORMATS)
-def test_batch_invariance_bitwise(isa, kv_dtype, force_isa, monkeypatch):
+@pytest.mark.parametrize("D", [64, 80, 128])
+def test_batch_invariance_bitwise(isa, kv_dtype, D, force_isa, monkeypatch):
     """Row i of an n_query=k call equals the n_query=1 call at that position, bit for bit (fp32), on
-    either schedule (split-parallel, or row blocks when the partials would not fit)."""
+    either schedule (split-parallel, or row blocks when the partials would not fit). On AVX-512 the
+    n_query=1 call (4 rows) runs the direct core and the n_query=7 call (28 rows) the tile-major core for
+    D = 64 and 128; D = 80 covers the direct core's odd tail (and the generic core for int4)."""
     force_isa(isa)
     L, n = 1500, 7
-    q, k, v, _ = make_case(2, n, 8, 2, 1600, 64, kv_dtype)
+    q, k, v, _ = make_case(2, n, 8, 2, 1600, D, kv_dtype, seed=D)
     many = run("cpu", q, k, v, torch.tensor([L + n, L + n - 2], dtype=torch.int32))
     monkeypatch.setenv("RAPID_VERIFY_MAX_PARTIAL_MB", "0")  # force the row-block schedule
     many_rowblock = run("cpu", q, k, v, torch.tensor([L + n, L + n - 2], dtype=torch.int32))

@@ -369,6 +369,7 @@ struct Vec {
 };
 #include "rapid/verify_attention_core.inc"
 #include "rapid/verify_attention_direct.inc"
+#include "rapid/verify_attention_wide.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 #endif  // RAPID_X86
