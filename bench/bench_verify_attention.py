@@ -120,3 +120,45 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_rate, model, S
     )
     print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     assert all(t > 0 for t in med.values())
+
+
+PREFILL_CHUNK = 512  # queries per prefill chunk; the chunk's last query sits at the end of the S-token cache
+
+
+@pytest.mark.parametrize("model", list(HEADS))
+def test_verify_attention_cpu_prefill(benchmark, report, matmul_rate, model):
+    """One chunked-prefill step: 512 new queries over a 4K cache (the row-block schedule, tile-major core),
+    every format against SDPA on the same inputs and against the arithmetic floor (causal flops / the
+    bf16 matmul rate measured in this run)."""
+    qh, kvh, D = HEADS[model]
+    S, nq = 4096, PREFILL_CHUNK
+    q = torch.randn(1, nq, qh, D)
+    sl = torch.tensor([S], dtype=torch.int32)
+    pool = _pool(kvh, D, S, 2)
+    fns = {}
+    for fmt in FORMATS:
+        caches = [(ops.quantize_kv(k, fmt), ops.quantize_kv(v, fmt)) for k, v in pool]
+        fns[fmt] = _rotating(lambda k, v: ops.verify_attention(q, k, v, sl, backend="cpu"), caches)
+    qs = q.to(torch.bfloat16).transpose(1, 2)  # [1, qh, nq, D]
+    mask = torch.arange(S)[None, :] <= (S - nq + torch.arange(nq))[:, None]  # [nq, S], bottom-right causal
+    fns["sdpa"] = _rotating(lambda k, v: F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True),
+                            pool)
+    times = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        t = rl.time_interleaved(fns, warmup=1, reps=3)
+        for name in fns:
+            times[name].append(t[name])
+    benchmark.pedantic(fns["bf16"], rounds=3, iterations=1)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    keys_seen = nq * (S - nq) + nq * (nq + 1) // 2  # query i sees S - nq + i + 1 keys
+    flops = 4 * qh * D * keys_seen  # Q.K and P.V over the keys each query sees
+    floor = flops / (matmul_rate * 1e9)
+    row = report(
+        model=model, S=S, n_query=nq, matmul_gflops=matmul_rate,
+        **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
+        **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
+        **{f"{f}_over_floor": med[f] / floor for f in FORMATS},
+        **{f"{f}_over_sdpa": med[f] / med["sdpa"] for f in FORMATS},
+    )
+    print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    assert all(t > 0 for t in med.values())
