@@ -58,7 +58,9 @@ struct Scratch {
     for (auto* v : {&kz, &ke, &kq, &ks}) v->resize(V);
   }
 };
-inline Scratch& thread_scratch() {
+// Out of line: a thread_local in a shared library is reached through __tls_get_addr, which GCC re-derives after
+// calls when the accessor is inlined; one opaque call hands the caller a plain reference.
+__attribute__((noinline)) inline Scratch& thread_scratch() {
   static thread_local Scratch sc;
   return sc;
 }
