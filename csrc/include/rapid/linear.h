@@ -125,19 +125,19 @@ RAPID_TARGET_AVX512 void tile_avx512(const T* x, int64_t ldx, const T* w, const 
       }
     }
   } else {
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 mask = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
-    __m512 wv[kTileN];
-    for (int j = 0; j < kTileN; ++j) {
-      prefetch_weights(wr[j], k, K);
-      wv[j] = load16(wr[j] + k, mask);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      __m512 wv[kTileN];
+      for (int j = 0; j < kTileN; ++j) {
+        prefetch_weights(wr[j], k, K);
+        wv[j] = load16(wr[j] + k, mask);
+      }
+      for (int i = 0; i < kTileM; ++i) {
+        if (i >= mt) break;
+        const __m512 xv = load16(xr[i] + k, mask);
+        for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+      }
     }
-    for (int i = 0; i < kTileM; ++i) {
-      if (i >= mt) break;
-      const __m512 xv = load16(xr[i] + k, mask);
-      for (int j = 0; j < kTileN; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-  }
   }
   for (int i = 0; i < mt; ++i)
     for (int j = 0; j < nt; ++j)
