@@ -6,6 +6,7 @@ Backends: "torch" (reference.verify_attention), "cpu" / "cuda" (torch.ops.rapid.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -26,18 +27,25 @@ _registry.define("verify_attention", reference.verify_attention)
 _registry.register_fake("verify_attention", _verify_attention_fake)
 
 
-def _check_scales(name: str, kv: QuantizedKV, want_data: tuple) -> None:
-    """Shapes/dtypes of one QuantizedKV's scale and zero for its format."""
-    dshape, sshape, zshape = reference.kv_storage_shape(want_data, kv.kv_dtype)
-    _, sdt, zdt = reference.kv_storage_dtypes(kv.kv_dtype)
-    for part, t, shape, dt in (("scale", kv.scale, sshape, sdt), ("zero", kv.zero, zshape, zdt)):
-        if shape is None:
+@functools.lru_cache(maxsize=256)
+def _scale_spec(shape: tuple, kv_dtype: str):
+    """((scale shape, dtype), (zero shape, dtype)) for logical shape [B, H, S, D]; shape None = absent.
+    Cached: a decode loop asks for the same few shapes every layer."""
+    _, sshape, zshape = reference.kv_storage_shape(shape, kv_dtype)
+    _, sdt, zdt = reference.kv_storage_dtypes(kv_dtype)
+    return (sshape, sdt), (zshape, zdt)
+
+
+def _check_scales(name: str, kv: QuantizedKV, shape: tuple) -> None:
+    """Shapes/dtypes/device of one QuantizedKV's scale and zero for its format; shape: logical [B, H, S, D]."""
+    for part, t, (want, dt) in zip(("scale", "zero"), (kv.scale, kv.zero), _scale_spec(shape, kv.kv_dtype)):
+        if want is None:
             if t is not None and t.numel():
                 raise ValueError(f"verify_attention: {name}.{part} must be None for kv_dtype {kv.kv_dtype!r}")
             continue
-        if t is None or tuple(t.shape) != shape or t.dtype != dt:
+        if t is None or t.shape != want or t.dtype != dt:
             got = None if t is None else f"{t.dtype} {tuple(t.shape)}"
-            raise ValueError(f"verify_attention: {name}.{part} must be {dt} {shape} for kv_dtype "
+            raise ValueError(f"verify_attention: {name}.{part} must be {dt} {want} for kv_dtype "
                              f"{kv.kv_dtype!r}, got {got}")
         if t.device != kv.data.device:
             raise ValueError(f"verify_attention: {name}.{part} is on {t.device}, data on {kv.data.device}")
@@ -45,7 +53,8 @@ def _check_scales(name: str, kv: QuantizedKV, want_data: tuple) -> None:
 
 def check_verify_args(q: torch.Tensor, k: QuantizedKV, v: QuantizedKV, seqlens: torch.Tensor) -> None:
     """Shape/dtype/device checks shared by every backend (no device sync: seqlens values are
-    checked by the kernels' launchers and by the torch path)."""
+    checked by the kernels' launchers and by the torch path). Runs once per layer per decode step, so
+    each shape is read once (a few microseconds in all)."""
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"verify_attention: q must be [B, n_query, q_heads, D], got {tuple(getattr(q, 'shape', ()))}")
     if q.dtype not in _Q_DTYPES:
@@ -55,27 +64,33 @@ def check_verify_args(q: torch.Tensor, k: QuantizedKV, v: QuantizedKV, seqlens: 
     B, nq, qh, D = q.shape
     if k.kv_dtype != v.kv_dtype:
         raise ValueError(f"verify_attention: k and v must share a KV format, got {k.kv_dtype!r} and {v.kv_dtype!r}")
+    device = q.device
+    shapes = []
     for name, kv in (("k", k), ("v", v)):
-        if kv.data.dim() != 4:
-            raise ValueError(f"verify_attention: {name} must be [B, kv_heads, S_max, D], got {tuple(kv.data.shape)}")
-        if kv.data.device != q.device:
-            raise ValueError(f"verify_attention: {name} is on {kv.data.device} but q is on {q.device}")
-        if kv.data.stride(-1) != 1:
+        data = kv.data
+        if data.dim() != 4:
+            raise ValueError(f"verify_attention: {name} must be [B, kv_heads, S_max, D], got {tuple(data.shape)}")
+        if data.device != device:
+            raise ValueError(f"verify_attention: {name} is on {data.device} but q is on {device}")
+        if data.stride(-1) != 1:
             raise ValueError(f"verify_attention: {name}'s last dimension must be contiguous (stride 1)")
-        if kv.data.shape[0] != B or kv.head_dim != D:
-            raise ValueError(f"verify_attention: {name} {tuple(kv.shape)} does not match q {tuple(q.shape)} "
+        b, h, s, d = data.shape
+        shape = (b, h, s, 2 * d if kv.kv_dtype == "int4" else d)  # logical [B, H, S, D]
+        if b != B or shape[3] != D:
+            raise ValueError(f"verify_attention: {name} {shape} does not match q {tuple(q.shape)} "
                              "in batch or head_dim")
-        _check_scales(name, kv, tuple(kv.shape))
-    if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"verify_attention: k {tuple(k.shape)} and v {tuple(v.shape)} differ")
-    kvh = k.shape[1]
+        _check_scales(name, kv, shape)
+        shapes.append(shape)
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"verify_attention: k {shapes[0]} and v {shapes[1]} differ")
+    kvh = shapes[0][1]
     if kvh == 0 or qh % kvh != 0:
         raise ValueError(f"verify_attention: q_heads ({qh}) must be a multiple of kv_heads ({kvh})")
-    if not isinstance(seqlens, torch.Tensor) or seqlens.dtype != torch.int32 or tuple(seqlens.shape) != (B,):
+    if not isinstance(seqlens, torch.Tensor) or seqlens.dtype != torch.int32 or seqlens.shape != (B,):
         raise ValueError(f"verify_attention: seqlens must be int32 [{B}], got "
                          f"{getattr(seqlens, 'dtype', type(seqlens))} {tuple(getattr(seqlens, 'shape', ()))}")
-    if seqlens.device != q.device:
-        raise ValueError(f"verify_attention: seqlens is on {seqlens.device} but q is on {q.device}")
+    if seqlens.device != device:
+        raise ValueError(f"verify_attention: seqlens is on {seqlens.device} but q is on {device}")
 
 
 def _check_seqlens_values(seqlens: torch.Tensor, n_query: int, s_max: int) -> None:

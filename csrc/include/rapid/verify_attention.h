@@ -473,9 +473,8 @@ inline void run(const Params& p, Isa isa) {
         attend(rows.data(), R, nkeys.data(), kv_head(p.k, b, h, p.seqlens[b]), kv_head(p.v, b, h, p.seqlens[b]), s0,
                s1, static_cast<int>(p.D), Dp, &sc, m, pl + task * R, pacc + task * R * Dp);
       }
-    }
-#pragma omp parallel
-    {
+      // The loop's implicit barrier publishes every partial; the ordered merge runs in the same team (one
+      // fork/join per call instead of two).
       std::vector<float> O(Dp);
 #pragma omp for schedule(static)
       for (int64_t br = 0; br < BH * R; ++br) {
