@@ -2,8 +2,10 @@
 
 Per (model heads, S, n_query): the kernel with bf16, int8 and int4 KV and torch SDPA (bf16 q/K/V, the
 dequantized cache, bottom-right causal mask) are timed round-robin, with a streaming-read bandwidth
-sample before every round (this machine's bandwidth drifts). Caches rotate so the working set exceeds
-the last-level cache, as a decode step over many layers does. Every figure is a ratio from one run.
+sample and a bf16 matmul sample before every round (this machine's speed drifts, sometimes by 1.5x within
+minutes). Every ratio is formed within a round -- format against format, kernel against that round's
+floor -- and the median over rounds is reported. Caches rotate so the working set exceeds the
+last-level cache, as a decode step over many layers does.
 
     pytest bench/bench_verify_attention.py -s        # writes bench/results/bench_verify_attention.json
 Targets (issue 3): n_query=1, S>=16K, bf16: >= 70% of read bandwidth; S=64K: int8 <= 0.75x, int4 <= 0.6x
@@ -26,12 +28,18 @@ SEQ = [4096, 16384, 65536]
 NQ = [1, 4, 11]
 FORMATS = ["bf16", "int8", "int4"]
 WORKING_SET = 384 << 20  # bytes of KV per format touched per rotation: past the LLC (260 MiB L3 here)
-ROUNDS = 3
+ROUNDS = 5
 
 
 @pytest.fixture(scope="session")
-def matmul_rate():
-    return rl.matmul_gflops(torch.bfloat16, 2048, reps=3)
+def matmul_probe():
+    return rl.MatmulProbe(torch.bfloat16, 2048)
+
+
+def _median_ratio(times: dict, num: str, den) -> float:
+    """Median over rounds of times[num][i] / den[i] (den: a name in times or a per-round list)."""
+    d = times[den] if isinstance(den, str) else den
+    return statistics.median(a / b for a, b in zip(times[num], d))
 
 
 def _nbytes(kv: ops.QuantizedKV) -> int:
@@ -67,7 +75,7 @@ def _rotating(fn_of_cache, caches):
 @pytest.mark.parametrize("nq", NQ)
 @pytest.mark.parametrize("S", SEQ)
 @pytest.mark.parametrize("model", list(HEADS))
-def test_verify_attention_cpu(benchmark, report, roofline, matmul_rate, model, S, nq):
+def test_verify_attention_cpu(benchmark, report, roofline, matmul_probe, model, S, nq):
     qh, kvh, D = HEADS[model]
     q = torch.randn(1, nq, qh, D)
     sl = torch.tensor([S], dtype=torch.int32)
@@ -95,28 +103,29 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_rate, model, S
     fns["sdpa"] = _rotating(sdpa, sd_caches)
 
     reps = 3 if S >= 65536 else 6
+    flops = 4 * qh * nq * S * D  # Q.K and P.V
     times = {name: [] for name in fns}
-    fractions = []
+    floors = {f: [] for f in FORMATS}  # per round: max(bytes / that round's bandwidth, flops / its matmul rate)
+    bws, rates = [], []
     for _ in range(ROUNDS):
-        bw = roofline.read_gbs()
+        bws.append(roofline.read_gbs())
+        rates.append(matmul_probe.gflops())
         t = rl.time_interleaved(fns, warmup=1, reps=reps)
         for name in fns:
             times[name].append(t[name])
-        fractions.append(nbytes["bf16"] / t["bf16"] / 1e9 / bw)
+        for f in FORMATS:
+            floors[f].append(max(nbytes[f] / (bws[-1] * 1e9), flops / (rates[-1] * 1e9)))
     benchmark.pedantic(fns["bf16"], rounds=reps, iterations=1)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    bw = statistics.median(roofline.read_samples[-ROUNDS:])
-    flops = 4 * qh * nq * S * D  # Q.K and P.V
-    floor = {f: max(nbytes[f] / (bw * 1e9), flops / (matmul_rate * 1e9)) for f in FORMATS}
     row = report(
-        model=model, S=S, n_query=nq, read_gbs=bw, matmul_gflops=matmul_rate,
+        model=model, S=S, n_query=nq, read_gbs=statistics.median(bws), matmul_gflops=statistics.median(rates),
         **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
         **{f"{f}_gbs": nbytes[f] / med[f] / 1e9 for f in FORMATS},
         **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
-        bf16_read_fraction=statistics.median(fractions),
-        int8_over_bf16=med["int8"] / med["bf16"], int4_over_bf16=med["int4"] / med["bf16"],
-        **{f"{f}_over_floor": med[f] / floor[f] for f in FORMATS},
-        **{f"{f}_over_sdpa": med[f] / med["sdpa"] for f in FORMATS},
+        bf16_read_fraction=statistics.median(nbytes["bf16"] / t / 1e9 / bw for t, bw in zip(times["bf16"], bws)),
+        int8_over_bf16=_median_ratio(times, "int8", "bf16"), int4_over_bf16=_median_ratio(times, "int4", "bf16"),
+        **{f"{f}_over_floor": _median_ratio(times, f, floors[f]) for f in FORMATS},
+        **{f"{f}_over_sdpa": _median_ratio(times, f, "sdpa") for f in FORMATS},
     )
     print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     assert all(t > 0 for t in med.values())
@@ -126,10 +135,10 @@ PREFILL_CHUNK = 512  # queries per prefill chunk; the chunk's last query sits at
 
 
 @pytest.mark.parametrize("model", list(HEADS))
-def test_verify_attention_cpu_prefill(benchmark, report, matmul_rate, model):
+def test_verify_attention_cpu_prefill(benchmark, report, matmul_probe, model):
     """One chunked-prefill step: 512 new queries over a 4K cache (the row-block schedule, tile-major core),
     every format against SDPA on the same inputs and against the arithmetic floor (causal flops / the
-    bf16 matmul rate measured in this run)."""
+    bf16 matmul rate sampled before each round)."""
     qh, kvh, D = HEADS[model]
     S, nq = 4096, PREFILL_CHUNK
     q = torch.randn(1, nq, qh, D)
@@ -143,22 +152,24 @@ def test_verify_attention_cpu_prefill(benchmark, report, matmul_rate, model):
     mask = torch.arange(S)[None, :] <= (S - nq + torch.arange(nq))[:, None]  # [nq, S], bottom-right causal
     fns["sdpa"] = _rotating(lambda k, v: F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True),
                             pool)
+    keys_seen = nq * (S - nq) + nq * (nq + 1) // 2  # query i sees S - nq + i + 1 keys
+    flops = 4 * qh * D * keys_seen  # Q.K and P.V over the keys each query sees
     times = {name: [] for name in fns}
+    rates, floors = [], []
     for _ in range(ROUNDS):
+        rates.append(matmul_probe.gflops())
+        floors.append(flops / (rates[-1] * 1e9))
         t = rl.time_interleaved(fns, warmup=1, reps=3)
         for name in fns:
             times[name].append(t[name])
     benchmark.pedantic(fns["bf16"], rounds=3, iterations=1)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    keys_seen = nq * (S - nq) + nq * (nq + 1) // 2  # query i sees S - nq + i + 1 keys
-    flops = 4 * qh * D * keys_seen  # Q.K and P.V over the keys each query sees
-    floor = flops / (matmul_rate * 1e9)
     row = report(
-        model=model, S=S, n_query=nq, matmul_gflops=matmul_rate,
+        model=model, S=S, n_query=nq, matmul_gflops=statistics.median(rates),
         **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
         **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
-        **{f"{f}_over_floor": med[f] / floor for f in FORMATS},
-        **{f"{f}_over_sdpa": med[f] / med["sdpa"] for f in FORMATS},
+        **{f"{f}_over_floor": _median_ratio(times, f, floors) for f in FORMATS},
+        **{f"{f}_over_sdpa": _median_ratio(times, f, "sdpa") for f in FORMATS},
     )
     print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     assert all(t > 0 for t in med.values())

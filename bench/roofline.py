@@ -89,6 +89,35 @@ def matmul_gflops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, *, reps: i
     return 2 * n**3 / seconds / 1e9
 
 
+class MatmulProbe:
+    """The arithmetic roof, sampled on demand like InterleavedRoofline.read_gbs: a dense [n, n] @ [n, n]
+    product, best of `reps`. One sample per timed round puts the roof and the kernel in the same machine
+    state: on this VM the matmul rate has read 83 and 145 GFLOP/s in two runs an hour apart, and a roof
+    measured once per session then says more about that moment than about the kernel."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, n: int = 2048, *, device="cpu", reps: int = 2):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        self._a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        self._b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        self._flops = 2 * n**3
+        self.device, self.reps = device, reps
+        self._a @ self._b  # warm-up (thread pool, packing buffers)
+        self.samples: list = []
+
+    def gflops(self) -> float:
+        """One throughput sample now (GFLOP/s, best of reps products); kept in samples."""
+        best = float("inf")
+        for _ in range(self.reps):
+            _sync(self.device)
+            t0 = time.perf_counter()
+            self._a @ self._b
+            _sync(self.device)
+            best = min(best, time.perf_counter() - t0)
+        rate = self._flops / best / 1e9
+        self.samples.append(rate)
+        return rate
+
+
 @dataclass
 class RooflineResult:
     seconds: float          # median seconds per call
