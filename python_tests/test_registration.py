@@ -1,5 +1,6 @@
 """torch.ops.rapid.*: schemas agree with Python's mirror, opcheck passes, torch.compile(fullgraph) traces."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -66,3 +67,22 @@ def test_torch_compile_fullgraph(kv_dtype):
     eager = step(q, kn, vn, sl)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, kn, vn, sl)
     assert torch.equal(eager, compiled)
+
+
+def test_torch_compile_dynamic_shapes_verify_attention():
+    """The Python wrapper under torch.compile with symbolic sequence lengths: its argument checks must trace
+    (no cache keyed on symbolic shapes, no dynamo warning about one) and match eager at two lengths."""
+    def step(q, k, v, seqlens):
+        return ops.verify_attention(q, k, v, seqlens)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=True)
+    for S in (20, 37):
+        q = torch.randn(1, 3, 4, 64)
+        k = ops.quantize_kv(torch.randn(1, 2, S, 64), "int4")
+        v = ops.quantize_kv(torch.randn(1, 2, S, 64), "int4")
+        sl = torch.tensor([S], dtype=torch.int32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = compiled(q, k, v, sl)
+        assert not [w for w in caught if "lru_cache" in str(w.message)]
+        assert torch.equal(out, step(q, k, v, sl))

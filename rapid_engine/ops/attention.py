@@ -27,13 +27,22 @@ _registry.define("verify_attention", reference.verify_attention)
 _registry.register_fake("verify_attention", _verify_attention_fake)
 
 
-@functools.lru_cache(maxsize=256)
-def _scale_spec(shape: tuple, kv_dtype: str):
-    """((scale shape, dtype), (zero shape, dtype)) for logical shape [B, H, S, D]; shape None = absent.
-    Cached: a decode loop asks for the same few shapes every layer."""
+def _scale_spec_uncached(shape: tuple, kv_dtype: str):
+    """((scale shape, dtype), (zero shape, dtype)) for logical shape [B, H, S, D]; shape None = absent."""
     _, sshape, zshape = reference.kv_storage_shape(shape, kv_dtype)
     _, sdt, zdt = reference.kv_storage_dtypes(kv_dtype)
     return (sshape, sdt), (zshape, zdt)
+
+
+_scale_spec_cached = functools.lru_cache(maxsize=256)(_scale_spec_uncached)
+
+
+def _scale_spec(shape: tuple, kv_dtype: str):
+    """_scale_spec_uncached, cached in eager mode (a decode loop asks for the same few shapes every layer);
+    while torch.compile traces, shapes may be symbolic (unhashable) and the cache is left alone."""
+    if torch.compiler.is_compiling():
+        return _scale_spec_uncached(shape, kv_dtype)
+    return _scale_spec_cached(shape, kv_dtype)
 
 
 def _check_scales(name: str, kv: QuantizedKV, shape: tuple) -> None:
