@@ -5,7 +5,8 @@
 The step reads (2 gamma + 1) x V floats per row (gamma+1 logit rows, gamma draft rows): `x_floor` is the
 kernel's time over the time that read takes at the streaming read bandwidth measured between the timed rounds
 (roofline.InterleavedRoofline). The timed calls rotate over copies of the inputs until they exceed the
-last-level cache (every shape here fits in this CPU's 260 MiB L3), so the read really comes from memory. `vs_torch` is the torch reference's time over the kernel's (float64 oracle).
+last-level cache (every shape here fits in this CPU's 260 MiB L3), so the read really comes from memory.
+`vs_torch` is the torch reference's time over the kernel's (float64 oracle).
 Settings from the issue: top-p 0.9, eta 10, temperature 1, drafts sampled from a draft distribution that is
 the target's softmax plus noise, so acceptance is realistic (neither all nor nothing).
 """
@@ -71,7 +72,8 @@ def test_spec_sample_speed(device_backend, B, G, V, roofline, report):
     inputs = _inputs(B, G, V, device)
     args = _args(*inputs)
     floor_bytes = B * (2 * G + 1) * V * 4
-    copies = [args] + [_args(*(t.clone() for t in inputs)) for _ in range(math.ceil(WORKING_SET / floor_bytes) - 1)]
+    n_copies = math.ceil(WORKING_SET / floor_bytes)
+    copies = [args] + [_args(*(t.clone() for t in inputs)) for _ in range(n_copies - 1)]
     fns = [_kernel_fn(backend, a) for a in copies]
     state = {"i": 0}
 
