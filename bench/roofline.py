@@ -81,12 +81,8 @@ def read_bandwidth_gbs(nbytes: int = 512 << 20, *, reps: int = 5, device="cpu") 
 
 
 def matmul_gflops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, *, reps: int = 5, device="cpu") -> float:
-    """Dense [n, n] @ [n, n] throughput in GFLOP/s (2 n^3 flops per product)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    seconds = time_call(lambda: a @ b, warmup=1, reps=reps, device=device)
-    return 2 * n**3 / seconds / 1e9
+    """Dense [n, n] @ [n, n] throughput in GFLOP/s (2 n^3 flops per product), best of `reps`."""
+    return MatmulProbe(dtype, n, device=device, reps=reps).gflops()
 
 
 class MatmulProbe:
