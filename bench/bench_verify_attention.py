@@ -131,6 +131,60 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_probe, model, 
     assert all(t > 0 for t in med.values())
 
 
+MIXED = {"llama3.1-8b": [8192, 512, 512, 512], "smollm2": [16384, 1024]}  # one decode call, unequal lengths
+
+
+def _rows(kv: ops.QuantizedKV, b: int, n: int) -> ops.QuantizedKV:
+    """Batch row b, first n tokens (a strided view of the cache)."""
+    return ops.QuantizedKV(*(None if t is None else t[b:b + 1, :, :n] for t in (kv.data, kv.scale, kv.zero)),
+                           kv.kv_dtype)
+
+
+@pytest.mark.parametrize("place", ["dram", "llc"])
+@pytest.mark.parametrize("fmt", ["bf16", "int4"])
+@pytest.mark.parametrize("model", list(MIXED))
+def test_verify_attention_cpu_mixed_batch(benchmark, report, model, fmt, place):
+    """One-query decode over a batch of unequal lengths against the same sequences one call each: the
+    schedule divides the batch's keys between threads, not its (batch, head, split) task count, so the
+    batch should cost about what its parts cost. An even split of the task count (OpenMP's guided schedule,
+    the kernel's before) handed one thread nearly every split of the long sequence: 1.3-1.55x the parts.
+    place="dram" rotates caches past the LLC like the decode benchmark above; "llc" reuses one (40 MB at
+    most), where the kernel is compute-bound."""
+    qh, kvh, D = HEADS[model]
+    lens = MIXED[model]
+    B, S = len(lens), max(lens)
+    g = torch.Generator().manual_seed(0)
+    pool = [tuple(torch.randn(B, kvh, S, D, generator=g).to(torch.bfloat16) for _ in range(2))]
+    one = (ops.quantize_kv(pool[0][0], fmt), ops.quantize_kv(pool[0][1], fmt))
+    nbytes = sum(2 * _nbytes(_rows(one[0], b, n)) for b, n in enumerate(lens))  # K and V the rows see
+    n_rot = max(1, math.ceil(WORKING_SET / nbytes)) if place == "dram" else 1
+    caches = [one] + [(ops.quantize_kv(k, fmt), ops.quantize_kv(v, fmt)) for k, v in pool * (n_rot - 1)]
+    q = torch.randn(B, 1, qh, D)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    sl_one = [torch.tensor([n], dtype=torch.int32) for n in lens]
+
+    def batched(k, v):
+        ops.verify_attention(q, k, v, sl, backend="cpu")
+
+    def one_by_one(k, v):
+        for b, n in enumerate(lens):
+            ops.verify_attention(q[b:b + 1], _rows(k, b, n), _rows(v, b, n), sl_one[b], backend="cpu")
+
+    fns = {"batched": _rotating(batched, caches), "parts": _rotating(one_by_one, caches)}
+    times = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        t = rl.time_interleaved(fns, warmup=1, reps=6)
+        for name in fns:
+            times[name].append(t[name])
+    benchmark.pedantic(fns["batched"], rounds=3, iterations=1)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    row = report(model=model, kv_dtype=fmt, place=place, seqlens=lens, batched_ms=med["batched"] * 1e3,
+                 parts_ms=med["parts"] * 1e3, batched_gbs=nbytes / med["batched"] / 1e9,
+                 batched_over_parts=_median_ratio(times, "batched", "parts"))
+    print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    assert all(t > 0 for t in med.values())
+
+
 PREFILL_CHUNK = 512  # queries per prefill chunk; the chunk's last query sits at the end of the S-token cache
 
 

@@ -8,12 +8,16 @@
 // Long prefill chunks (many rows) switch to tasks over (batch, kv_head, block of rows) that fold the
 // splits in the same order with the same arithmetic, so both schedules give bit-identical rows.
 #pragma once
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "rapid/cpu_isa.h"
@@ -452,29 +456,58 @@ inline void run(const Params& p, Isa isa) {
     for (auto* b : {&pm_buf, &pl_buf}) if (b->size() < size_t(T * R)) b->resize(T * R);
     if (pacc_buf.size() < size_t(T * R * Dp)) pacc_buf.resize(T * R * Dp);
     float *pm = pm_buf.data(), *pl = pl_buf.data(), *pacc = pacc_buf.data();
+    // Tasks cost ~ their keys, and a sequence's last split is usually short: at S = 1025 with three KV
+    // heads (splits of 512, 512, 1 keys) an even task count gave one thread four full splits and the other
+    // two. So each thread owns a contiguous run of tasks holding ~1/n of the keys (it streams its heads in
+    // order, and the software prefetch past a split's end lands in its own next task), and a thread done
+    // with its run takes tasks from the front of the others' (a vCPU slowed by its host hands work over).
+    // Which thread runs a task never changes its partial, so the result is the same.
+    thread_local std::vector<int64_t> cum_buf;  // cum[t] = keys in tasks [0, t)
+    if (cum_buf.size() < size_t(T + 1)) cum_buf.resize(T + 1);
+    int64_t* cum = cum_buf.data();
+    cum[0] = 0;
+    for (int64_t task = 0; task < T; ++task) {
+      const int64_t len = p.seqlens[task / nsplit / p.kv_heads], s0 = (task % nsplit) * kSplit;
+      cum[task + 1] = cum[task] + std::max<int64_t>(0, std::min(len - s0, kSplit));
+    }
+    struct alignas(64) Run {
+      std::atomic<int64_t> next;
+      int64_t end;
+    };
+    const int max_threads = omp_get_max_threads();
+    std::unique_ptr<Run[]> runs(new Run[max_threads]);
 #pragma omp parallel
     {
+      const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+      auto run_start = [&](int t) {  // first task with cum >= t/nt of the keys
+        return static_cast<int64_t>(std::lower_bound(cum, cum + T, cum[T] * t / nt) - cum);
+      };
+      runs[me].next.store(run_start(me), std::memory_order_relaxed);
+      runs[me].end = me + 1 == nt ? T : run_start(me + 1);
       Scratch sc(R, Dp);
       std::vector<float> rows(static_cast<size_t>(R) * Dp);
       std::vector<int64_t> nkeys(R);
       int64_t rows_of = -1;
-      // Contiguous runs of splits per thread (guided): a thread streams one head's K and V in order, so
-      // its software prefetch past a split's end lands in the split it takes next.
-#pragma omp for schedule(guided)
-      for (int64_t task = 0; task < T; ++task) {
+      auto run_task = [&](int64_t task) {
         const int64_t bh = task / nsplit, b = bh / p.kv_heads, h = bh % p.kv_heads;
         const int64_t s0 = (task % nsplit) * kSplit, s1 = std::min<int64_t>(p.seqlens[b], s0 + kSplit);
         float* m = pm + task * R;
         if (s0 >= s1) {
           std::fill(m, m + R, -std::numeric_limits<float>::infinity());
-          continue;
+          return;
         }
         if (rows_of != bh) prepare_rows(p, b, h, 0, R, Dp, rows.data(), nkeys.data()), rows_of = bh;
         attend(rows.data(), R, nkeys.data(), kv_head(p.k, b, h, p.seqlens[b]), kv_head(p.v, b, h, p.seqlens[b]), s0,
                s1, static_cast<int>(p.D), Dp, &sc, m, pl + task * R, pacc + task * R * Dp);
+      };
+#pragma omp barrier
+      for (int k = 0; k < nt; ++k) {  // own run first, then the others' in turn
+        Run& run = runs[(me + k) % nt];
+        for (int64_t task; (task = run.next.fetch_add(1, std::memory_order_relaxed)) < run.end;) run_task(task);
       }
-      // The loop's implicit barrier publishes every partial; the ordered merge runs in the same team (one
-      // fork/join per call instead of two).
+      // The barrier publishes every partial; the ordered merge runs in the same team (one fork/join per
+      // call instead of two).
+#pragma omp barrier
       std::vector<float> O(Dp);
 #pragma omp for schedule(static)
       for (int64_t br = 0; br < BH * R; ++br) {
