@@ -456,12 +456,13 @@ inline void run(const Params& p, Isa isa) {
     for (auto* b : {&pm_buf, &pl_buf}) if (b->size() < size_t(T * R)) b->resize(T * R);
     if (pacc_buf.size() < size_t(T * R * Dp)) pacc_buf.resize(T * R * Dp);
     float *pm = pm_buf.data(), *pl = pl_buf.data(), *pacc = pacc_buf.data();
-    // Tasks cost ~ their keys, and a sequence's last split is usually short: at S = 1025 with three KV
-    // heads (splits of 512, 512, 1 keys) an even task count gave one thread four full splits and the other
-    // two. So each thread owns a contiguous run of tasks holding ~1/n of the keys (it streams its heads in
-    // order, and the software prefetch past a split's end lands in its own next task), and a thread done
-    // with its run takes tasks from the front of the others' (a vCPU slowed by its host hands work over).
-    // Which thread runs a task never changes its partial, so the result is the same.
+    // Tasks cost ~ their keys, and those differ within a batch: splits past a short sequence's end are
+    // empty and a sequence's last split is usually partial. OpenMP's guided schedule divided the task
+    // *count*: with lengths [8192, 512, 512, 512] one thread got every split of the long sequence (1.4-1.55x
+    // the time of the four sequences one call each). So each thread owns a contiguous run of tasks holding
+    // ~1/n of the keys (it streams its heads in order, and the software prefetch past a split's end lands
+    // in its own next task), and a thread done with its run takes tasks from the front of the others' (a
+    // vCPU slowed by its host hands work over). Which thread runs a task never changes its partial.
     thread_local std::vector<int64_t> cum_buf;  // cum[t] = keys in tasks [0, t)
     if (cum_buf.size() < size_t(T + 1)) cum_buf.resize(T + 1);
     int64_t* cum = cum_buf.data();
