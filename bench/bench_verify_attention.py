@@ -5,7 +5,8 @@ dequantized cache, bottom-right causal mask) are timed round-robin, with a strea
 sample and a bf16 matmul sample before every round (this machine's speed drifts, sometimes by 1.5x within
 minutes). Every ratio is formed within a round -- format against format, kernel against that round's
 floor -- and the median over rounds is reported. Caches rotate so the working set exceeds the
-last-level cache, as a decode step over many layers does.
+last-level cache, as a decode step over many layers does. Also: a batch of unequal lengths against its
+sequences one call each (the schedule's balance), and a 512-query prefill chunk against the arithmetic floor.
 
     pytest bench/bench_verify_attention.py -s        # writes bench/results/bench_verify_attention.json
 Targets (issue 3): n_query=1, S>=16K, bf16: >= 70% of read bandwidth; S=64K: int8 <= 0.75x, int4 <= 0.6x
