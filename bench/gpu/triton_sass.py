@@ -1,0 +1,154 @@
+"""Offline issue budget of the Triton verify_attention split kernel: SASS of its key loop, no GPU needed.
+
+Compiles `_verify_split_kernel` for an sm_80/sm_90 target with the specialization the JIT gives a real
+launch (16-byte aligned pointers, integer arguments that are multiples of 16 marked so: without those
+hints the offline code uses scalar loads and says nothing about the real kernel), disassembles the cubin
+with Triton's bundled nvdisasm, and reports the main loop: instructions per iteration (one BLOCK_N-key
+tile of K and V), their mix, and the bytes that iteration reads.
+
+Napkin math: a CTA of num_warps warps issues num_warps x N warp-instructions per iteration over an SM's
+4 schedulers (one each per clock at best), so the loop can feed at most
+    issue_bytes_per_clk = bytes_per_iteration * 4 / (num_warps * N)
+bytes per clock per SM. The card's copy bandwidth per SM per clock is the bar (H200: 4.2 TB/s measured /
+132 SMs / 1.98 GHz = 16 B/clk; H100 SXM ~3.0 TB/s / 132 / 1.98 = 11.5): a format whose issue bound sits near
+or below it cannot reach the copy bandwidth, whatever the tuning. It is an upper bound (latency, shared-
+memory and tensor-core stalls come on top), for comparing kernel variants between GPU sessions.
+
+    python bench/gpu/triton_sass.py                       # bf16 / int8 / int4 / fp8, Llama heads, sm_90
+    python bench/gpu/triton_sass.py --formats int8 --arch 80 --config 64,8,3
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+FORMATS = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4, "fp8": 5}
+_KV_PTR = {0: "*fp32", 1: "*bf16", 2: "*fp16", 3: "*i8", 4: "*u8", 5: "*u8"}
+_SCALE_PTR = {3: "*fp32", 4: "*fp16", 5: "*fp32"}
+
+
+def _bytes_per_iteration(fmt: int, block_n: int, d: int) -> int:
+    """K and V bytes one iteration reads: the tile's codes plus its scales (and int4 zeros)."""
+    per_row = {0: 4 * d, 1: 2 * d, 2: 2 * d, 3: d + 4, 4: d // 2 + 2 * 2 * (d // 32), 5: d + 4}[fmt]
+    return 2 * block_n * per_row
+
+
+def compile_split_kernel(fmt: int, *, arch: int = 90, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
+                         q_heads: int = 32, kv_heads: int = 8, d: int = 128, s_max: int = 32768) -> bytes:
+    """cubin of the decode-path split kernel for one query, bf16 q, the given heads and S_max."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rapid_engine.triton import verify_attention as va
+
+    fn = va._verify_split_kernel
+    group = q_heads // kv_heads
+    split = va.choose_split_size(s_max, 1, kv_heads, 1, __import__("torch").device("cpu"))
+    row = d // 2 if fmt == 4 else d  # storage elements per token
+    srow = d // 32 if fmt == 4 else 1  # scale elements per token
+    ints = dict(S_MAX=s_max, NQ=1, GROUP=group, KVH=kv_heads, R=group, SPLIT=split, NSPLIT=-(-s_max // split), D=d,
+                sqb=q_heads * d, sqn=q_heads * d, sqh=d, skb=kv_heads * s_max * row, skh=s_max * row, sks=row,
+                svb=kv_heads * s_max * row, svh=s_max * row, svs=row, sksb=kv_heads * s_max * srow,
+                sksh=s_max * srow, skss=srow, svsb=kv_heads * s_max * srow, svsh=s_max * srow, svss=srow)
+    sc = _SCALE_PTR.get(fmt, _KV_PTR[fmt])
+    ptrs = dict(q_ptr="*bf16", k_ptr=_KV_PTR[fmt], v_ptr=_KV_PTR[fmt], ks_ptr=sc, vs_ptr=sc, kz_ptr=sc, vz_ptr=sc,
+                seqlens_ptr="*i32", po_ptr="*fp32", plse_ptr="*fp32")
+    consts = dict(FORMAT=fmt, G=32, BLOCK_R=16, BLOCK_N=block_n, BLOCK_D=d, DOT_FP32=False, EVEN_D=True,
+                  ROW_SCALED=fmt in (3, 5), FOLD_V=fmt in (3, 5))
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        sig[name] = "constexpr" if name in consts else ptrs.get(name, "fp32" if name == "qk_scale" else "i32")
+        if name in ptrs or (name in ints and ints[name] % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]  # what the JIT's specialization marks on a real launch
+    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps,
+                                                                          "num_stages": num_stages})
+    return k.asm["cubin"]
+
+
+def _nvdisasm() -> str:
+    import triton
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not path.exists():
+        raise FileNotFoundError(f"nvdisasm not found at {path} (Triton's NVIDIA backend ships it)")
+    return str(path)
+
+
+def main_loop(cubin: bytes) -> list:
+    """Opcodes of the largest loop (a backward branch's body) of the cubin's SASS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "k.cubin")
+        Path(f).write_bytes(cubin)
+        sass = subprocess.run([_nvdisasm(), "-c", f], capture_output=True, text=True, check=True).stdout
+    ins, labels, pending = [], {}, []
+    for line in sass.splitlines():
+        m = re.match(r"\s*\.L_x_(\d+):", line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line)
+        if m:
+            addr = int(m.group(1), 16)
+            ins.append((addr, m.group(2).strip()))
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+    best = []
+    for addr, text in ins:
+        m = re.search(r"\bBRA\b.*\.L_x_(\d+)", text)
+        if m and labels.get(m.group(1), addr + 1) <= addr:
+            body = [t for a, t in ins if labels[m.group(1)] <= a <= addr]
+            best = max(best, body, key=len)
+    return [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in best]
+
+
+def report(fmt_name: str, *, arch: int, config: tuple, d: int = 128) -> dict:
+    block_n, num_warps, num_stages = config
+    fmt = FORMATS[fmt_name]
+    loop = main_loop(compile_split_kernel(fmt, arch=arch, block_n=block_n, num_warps=num_warps,
+                                          num_stages=num_stages, d=d))
+    if not loop:
+        raise RuntimeError(f"{fmt_name}: no loop found in the SASS")
+    mix = collections.Counter(op.split(".")[0] for op in loop)
+    nbytes = _bytes_per_iteration(fmt, block_n, d)
+    return dict(format=fmt_name, arch=arch, config=config, instructions=len(loop), bytes=nbytes,
+                issue_bytes_per_clk=nbytes * 4 / (num_warps * len(loop)), mix=mix,
+                async_loads=sum(1 for op in loop if op.startswith("LDGSTS")))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--formats", nargs="+", default=["bf16", "int8", "int4", "fp8"], choices=list(FORMATS))
+    ap.add_argument("--arch", type=int, default=90, choices=[80, 90])
+    ap.add_argument("--config", default=None, help="BLOCK_N,num_warps,num_stages (default: decode_config)")
+    ap.add_argument("--json", action="store_true", help="one JSON object per format instead of text")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # @triton.jit reads it at import: interpreted kernels
+        sys.exit("triton_sass: run with TRITON_INTERPRET unset or 0 (the kernels must compile, not interpret)")
+    from rapid_engine.triton.verify_attention import decode_config
+    if not args.json:
+        print(f"Triton split kernel, Llama-8B heads (32 q / 8 kv, D 128), one query, bf16 q, sm_{args.arch}")
+    for name in args.formats:
+        cfg = tuple(int(x) for x in args.config.split(",")) if args.config else decode_config(name, 128)
+        r = report(name, arch=args.arch, config=cfg)
+        if args.json:
+            print(json.dumps({**r, "mix": dict(r["mix"])}), flush=True)
+            continue
+        top = ", ".join(f"{op} {n}" for op, n in r["mix"].most_common(8))
+        print(f"{name:5s} (BLOCK_N, warps, stages)={cfg}: {r['instructions']} instr / {r['bytes']} B per iteration "
+              f"-> issue bound {r['issue_bytes_per_clk']:.1f} B/clk/SM; cp.async {r['async_loads']}; {top}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
