@@ -1,4 +1,4 @@
-"""Offline SASS of the Triton verify_attention split kernel (bench/gpu/triton_sass.py), no GPU needed.
+"""Offline SASS of the Triton verify_attention split kernel (bench/gpu/sass_budget.py), no GPU needed.
 
 The bf16 decode loop must be able to feed the copy bandwidth: its K/V tiles arrive by 16-byte cp.async
 (LDGSTS) and go through the tensor cores (HMMA), and its instruction count leaves the issue bound far above
@@ -33,7 +33,7 @@ def _tools_present():
 @pytest.mark.skipif(not _tools_present(), reason="needs triton.compile's ASTSource API and Triton's nvdisasm")
 def test_bf16_decode_loop_can_feed_the_copy_bandwidth():
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "triton_sass.py"), "--formats", "bf16",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "sass_budget.py"), "triton", "--formats", "bf16",
                            "--config", "64,4,3", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,21 +1,27 @@
-"""Offline issue budget of the Triton verify_attention split kernel: SASS of its key loop, no GPU needed.
+"""Offline issue budget of the verify_attention GPU kernels: SASS of their key loops, no GPU needed.
 
-Compiles `_verify_split_kernel` for an sm_80/sm_90 target with the specialization the JIT gives a real
+triton: compiles `_verify_split_kernel` for sm_80/sm_90 with the specialization the JIT gives a real
 launch (16-byte aligned pointers, integer arguments that are multiples of 16 marked so: without those
-hints the offline code uses scalar loads and says nothing about the real kernel), disassembles the cubin
-with Triton's bundled nvdisasm, and reports the main loop: instructions per iteration (one BLOCK_N-key
-tile of K and V), their mix, and the bytes that iteration reads.
+hints the offline code uses scalar loads and says nothing about the real kernel).
+cuda: compiles csrc/cuda/verify_attention.cu to an sm_90 cubin with nvcc (~35 s) and reads the staged
+(default) and direct tensor-core kernels for bf16 queries, D = 128.
+Both: disassembles with Triton's bundled nvdisasm and reports each kernel's main loop: instructions per
+iteration, their mix, and the K/V bytes that iteration reads.
 
-Napkin math: a CTA of num_warps warps issues num_warps x N warp-instructions per iteration over an SM's
-4 schedulers (one each per clock at best), so the loop can feed at most
-    issue_bytes_per_clk = bytes_per_iteration * 4 / (num_warps * N)
-bytes per clock per SM. The card's copy bandwidth per SM per clock is the bar (H200: 4.2 TB/s measured /
+Napkin math: an SM issues at most one warp-instruction per scheduler (4) per clock.
+  Triton: all num_warps warps of a CTA run the loop (N instructions each) for one BLOCK_N-key tile, so the
+    SM is fed at most bytes * 4 / (num_warps * N) bytes per clock, however many CTAs share it.
+  CUDA direct: each warp streams its own 16-key steps; with >= 4 warps resident, 4 * bytes / N.
+  CUDA staged: all warps load a 64-key step into shared memory, then only the warps that own query rows
+    run Q.K / softmax / P.V -- at one query (<= 16 rows per KV head) warp 0 alone, N instructions per step
+    on one scheduler: bytes / N per CTA; reported for the launcher's 2 CTAs per SM, 2 * bytes / N. The card's copy bandwidth per SM per clock is the bar (H200: 4.2 TB/s measured /
 132 SMs / 1.98 GHz = 16 B/clk; H100 SXM ~3.0 TB/s / 132 / 1.98 = 11.5): a format whose issue bound sits near
 or below it cannot reach the copy bandwidth, whatever the tuning. It is an upper bound (latency, shared-
 memory and tensor-core stalls come on top), for comparing kernel variants between GPU sessions.
 
-    python bench/gpu/triton_sass.py                       # bf16 / int8 / int4 / fp8, Llama heads, sm_90
-    python bench/gpu/triton_sass.py --formats int8 --arch 80 --config 64,8,3
+    python bench/gpu/sass_budget.py triton                  # bf16 / int8 / int4 / fp8, Llama heads, sm_90
+    python bench/gpu/sass_budget.py triton --formats int8 --arch 80 --config 64,8,3
+    python bench/gpu/sass_budget.py cuda
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,10 +93,10 @@ def _nvdisasm() -> str:
 
 def main_loop(cubin: bytes) -> list:
     """Opcodes of the largest loop (a backward branch's body) of the cubin's SASS."""
-    with tempfile.TemporaryDirectory() as tmp:
-        f = os.path.join(tmp, "k.cubin")
-        Path(f).write_bytes(cubin)
-        sass = subprocess.run([_nvdisasm(), "-c", f], capture_output=True, text=True, check=True).stdout
+    return _loop_opcodes(_sass(cubin))
+
+
+def _loop_opcodes(sass: str) -> list:
     ins, labels, pending = [], {}, []
     for line in sass.splitlines():
         m = re.match(r"\s*\.L_x_(\d+):", line)
@@ -126,16 +133,84 @@ def report(fmt_name: str, *, arch: int, config: tuple, d: int = 128) -> dict:
                 async_loads=sum(1 for op in loop if op.startswith("LDGSTS")))
 
 
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sass(cubin: bytes) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "k.cubin")
+        Path(f).write_bytes(cubin)
+        return subprocess.run([_nvdisasm(), "-c", f], capture_output=True, text=True, check=True).stdout
+
+
+def cuda_cubin() -> bytes:
+    """csrc/cuda/verify_attention.cu for sm_90, with the flags setup.py's CUDA build uses."""
+    import sysconfig
+
+    import torch
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    incs = include_paths() + [sysconfig.get_paths()["include"], str(_ROOT / "csrc"), str(_ROOT / "csrc" / "include")]
+    flags = [f"-I{p}" for p in incs] + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    if not (Path(include_paths()[0]) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").exists():
+        flags.append("-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE")  # CPU wheel: header generated only in CUDA builds
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "va.cubin")
+        cmd = [nvcc, "-cubin", str(_ROOT / "csrc" / "cuda" / "verify_attention.cu"), "-o", out, "-std=c++17", "-O3",
+               "--use_fast_math", "--expt-relaxed-constexpr", "-DRAPID_WITH_CUDA=1", "-w", "-arch=sm_90",
+               *COMMON_NVCC_FLAGS, *flags]
+        subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return Path(out).read_bytes()
+
+
+def cuda_reports(formats) -> list:
+    """Main-loop budget of verify_staged_kernel / verify_mma_kernel<format, 128, bf16>."""
+    sass = _sass(cuda_cubin())
+    parts = re.split(r"\n\s*\.section\s+\.text\.([A-Za-z0-9_]+)[^\n]*\n", sass)
+    names = [parts[i] for i in range(1, len(parts) - 1, 2)]
+    pretty = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
+    out = []
+    for i, (name, dn) in enumerate(zip(names, pretty)):
+        m = re.search(r"verify_(staged|mma)_kernel<\(rapid::cuda::KvFormat\)(\d), 128, __nv_bfloat16>", dn)
+        if not m:
+            continue
+        fmt = int(m.group(2))
+        fmt_name = next((k for k, v in FORMATS.items() if v == fmt), str(fmt))
+        if fmt_name not in formats:
+            continue
+        loop = _loop_opcodes(parts[2 * i + 2])
+        staged = m.group(1) == "staged"
+        keys, streams = (64, 2) if staged else (16, 4)  # independent instruction streams per SM (see above)
+        nbytes = _bytes_per_iteration(fmt, keys, 128)
+        out.append(dict(kernel="staged" if staged else "direct", format=fmt_name, keys=keys,
+                        instructions=len(loop), bytes=nbytes, issue_bytes_per_clk=streams * nbytes / len(loop),
+                        mix=collections.Counter(op.split(".")[0] for op in loop)))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("backend", choices=["triton", "cuda"])
     ap.add_argument("--formats", nargs="+", default=["bf16", "int8", "int4", "fp8"], choices=list(FORMATS))
     ap.add_argument("--arch", type=int, default=90, choices=[80, 90])
     ap.add_argument("--config", default=None, help="BLOCK_N,num_warps,num_stages (default: decode_config)")
     ap.add_argument("--json", action="store_true", help="one JSON object per format instead of text")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":  # @triton.jit reads it at import: interpreted kernels
-        sys.exit("triton_sass: run with TRITON_INTERPRET unset or 0 (the kernels must compile, not interpret)")
+        sys.exit("sass_budget: run with TRITON_INTERPRET unset or 0 (the kernels must compile, not interpret)")
     from rapid_engine.triton.verify_attention import decode_config
+    if args.backend == "cuda":
+        if not args.json:
+            print("CUDA tensor-core kernels, D 128, bf16 q, sm_90 (staged: the row warp's loop per 64-key step, 2 CTAs "
+                  "per SM; direct: a warp's loop per 16-key step, 4 schedulers)")
+        for r in sorted(cuda_reports(args.formats), key=lambda r: (FORMATS[r["format"]], r["kernel"] != "staged")):
+            if args.json:
+                print(json.dumps({**r, "mix": dict(r["mix"])}), flush=True)
+                continue
+            top = ", ".join(f"{op} {n}" for op, n in r["mix"].most_common(8))
+            print(f"{r['kernel']:6s} {r['format']:5s}: {r['instructions']} instr / {r['bytes']} B per {r['keys']}-key "
+                  f"iteration -> issue bound {r['issue_bytes_per_clk']:.1f} B/clk/SM; {top}")
+        return 0
     if not args.json:
         print(f"Triton split kernel, Llama-8B heads (32 q / 8 kv, D 128), one query, bf16 q, sm_{args.arch}")
     for name in args.formats:
