@@ -200,30 +200,29 @@ def main(argv=None) -> int:
         sys.exit("sass_budget: run with TRITON_INTERPRET unset or 0 (the kernels must compile, not interpret)")
     from rapid_engine.triton.verify_attention import decode_config
     if args.backend == "cuda":
-        if not args.json:
-            print("CUDA tensor-core kernels, D 128, bf16 q, sm_90 (staged: the row warp's loop per 64-key step, 2 CTAs "
+        header = ("CUDA tensor-core kernels, D 128, bf16 q, sm_90 (staged: the row warp's loop per 64-key step, 2 CTAs "
                   "per SM; direct: a warp's loop per 16-key step, 4 schedulers)")
-        for r in sorted(cuda_reports(args.formats), key=lambda r: (FORMATS[r["format"]], r["kernel"] != "staged")):
-            if args.json:
-                print(json.dumps({**r, "mix": dict(r["mix"])}), flush=True)
-                continue
-            top = ", ".join(f"{op} {n}" for op, n in r["mix"].most_common(8))
-            print(f"{r['kernel']:6s} {r['format']:5s}: {r['instructions']} instr / {r['bytes']} B per {r['keys']}-key "
-                  f"iteration -> issue bound {r['issue_bytes_per_clk']:.1f} B/clk/SM; {top}")
-        return 0
+        rows = sorted(cuda_reports(args.formats), key=lambda r: (FORMATS[r["format"]], r["kernel"] != "staged"))
+    else:
+        header = f"Triton split kernel, Llama-8B heads (32 q / 8 kv, D 128), one query, bf16 q, sm_{args.arch}"
+        rows = []
+        for name in args.formats:
+            cfg = tuple(int(x) for x in args.config.split(",")) if args.config else decode_config(name, 128)
+            rows.append(report(name, arch=args.arch, config=cfg))
     if not args.json:
-        print(f"Triton split kernel, Llama-8B heads (32 q / 8 kv, D 128), one query, bf16 q, sm_{args.arch}")
-    for name in args.formats:
-        cfg = tuple(int(x) for x in args.config.split(",")) if args.config else decode_config(name, 128)
-        r = report(name, arch=args.arch, config=cfg)
+        print(header)
+    for r in rows:
         if args.json:
             print(json.dumps({**r, "mix": dict(r["mix"])}), flush=True)
             continue
+        what = f"{r['kernel']:6s} {r['format']:5s}" if "kernel" in r else f"{r['format']:5s} {r['config']}"
+        per = f"{r['keys']}-key iteration" if "keys" in r else "iteration"
         top = ", ".join(f"{op} {n}" for op, n in r["mix"].most_common(8))
-        print(f"{name:5s} (BLOCK_N, warps, stages)={cfg}: {r['instructions']} instr / {r['bytes']} B per iteration "
-              f"-> issue bound {r['issue_bytes_per_clk']:.1f} B/clk/SM; cp.async {r['async_loads']}; {top}")
+        if "async_loads" in r:
+            top = f"cp.async {r['async_loads']}; {top}"
+        print(f"{what}: {r['instructions']} instr / {r['bytes']} B per {per} -> issue bound "
+              f"{r['issue_bytes_per_clk']:.1f} B/clk/SM; {top}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
