@@ -74,12 +74,7 @@ def test_spec_sample_speed(device_backend, B, G, V, roofline, report):
     floor_bytes = B * (2 * G + 1) * V * 4
     n_copies = math.ceil(WORKING_SET / floor_bytes)
     copies = [args] + [_args(*(t.clone() for t in inputs)) for _ in range(n_copies - 1)]
-    fns = [_kernel_fn(backend, a) for a in copies]
-    state = {"i": 0}
-
-    def kernel():  # the next copy of the inputs each call
-        state["i"] += 1
-        return fns[state["i"] % len(fns)]()
+    kernel = rl.rotating([_kernel_fn(backend, a) for a in copies])  # the next copy of the inputs each call
     r = roofline.measure(kernel, floor_bytes, reps=10 if V * B * G < 4_000_000 else 5)
     ref_s = rl.time_call(lambda: R.spec_sample(*args), warmup=1, reps=3, device=device)
     n_acc = float(_kernel_fn(backend, args)()[1].float().mean())

@@ -12,6 +12,7 @@ sequences one call each (the schedule's balance), and a 512-query prefill chunk 
 Targets (issue 3): n_query=1, S>=16K, bf16: >= 70% of read bandwidth; S=64K: int8 <= 0.75x, int4 <= 0.6x
 the bf16 time; n_query=11: <= 2x max(bytes/bandwidth, flops/matmul rate); faster than SDPA everywhere.
 """
+import functools
 import math
 import statistics
 
@@ -65,12 +66,8 @@ def _caches(pool, fmt):
 
 
 def _rotating(fn_of_cache, caches):
-    state = {"i": 0}
-
-    def call():
-        fn_of_cache(*caches[state["i"] % len(caches)])
-        state["i"] += 1
-    return call
+    """fn_of_cache(*cache) on the next cache each call."""
+    return rl.rotating([functools.partial(fn_of_cache, *c) for c in caches])
 
 
 @pytest.mark.parametrize("nq", NQ)

@@ -10,6 +10,7 @@ Works on CPU and CUDA (pass device="cuda"; timings synchronize the device).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
@@ -55,6 +56,13 @@ def time_interleaved(fns: dict, *, warmup: int = 2, reps: int = 10, device="cpu"
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def rotating(calls: list) -> Callable:
+    """One callable that runs the next of `calls` each time, round robin. Benchmarks give it one call per
+    copy of their inputs, enough copies to exceed the last-level cache, so each timed call reads memory."""
+    it = itertools.cycle(calls)
+    return lambda: next(it)()
 
 
 def _read_buffer(nbytes: int, device) -> torch.Tensor:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-FORMATS = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "int4": 4, "fp8": 5}
+from rapid_engine.triton.kv_quant import FORMAT_CODE as FORMATS  # noqa: E402  (csrc's KvFormat uses the same codes)
+
 _KV_PTR = {0: "*fp32", 1: "*bf16", 2: "*fp16", 3: "*i8", 4: "*u8", 5: "*u8"}
 _SCALE_PTR = {3: "*fp32", 4: "*fp16", 5: "*fp32"}
 
@@ -54,13 +55,14 @@ def compile_split_kernel(fmt: int, *, arch: int = 90, block_n: int = 64, num_war
     """cubin of the decode-path split kernel for one query, bf16 q, the given heads and S_max."""
     import triton
     from triton.backends.compiler import GPUTarget
+    import torch
     from triton.compiler import ASTSource
 
     from rapid_engine.triton import verify_attention as va
 
     fn = va._verify_split_kernel
     group = q_heads // kv_heads
-    split = va.choose_split_size(s_max, 1, kv_heads, 1, __import__("torch").device("cpu"))
+    split = va.choose_split_size(s_max, 1, kv_heads, 1, torch.device("cpu"))
     row = d // 2 if fmt == 4 else d  # storage elements per token
     srow = d // 32 if fmt == 4 else 1  # scale elements per token
     ints = dict(S_MAX=s_max, NQ=1, GROUP=group, KVH=kv_heads, R=group, SPLIT=split, NSPLIT=-(-s_max // split), D=d,
