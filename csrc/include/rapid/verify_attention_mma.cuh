@@ -314,10 +314,80 @@ namespace cuda {
 // softmax and P.V from shared memory. The KV bytes leave HBM (and are dequantized) once however many
 // drafted tokens share the call; each row is always processed by one warp in the same key order, so
 // its result does not depend on n_query.
+//
+// At one query the row warp's chain is the critical path (H200: 41-45% of the copy bandwidth), so by
+// default (kV1 = false) the next step's global loads (data and scales) are issued right after the step
+// is staged, in flight while the row warps compute, and the row warps read K / V fragments with
+// ldmatrix (K) and ldmatrix.trans (V): 64 instructions per step instead of 384 16/32-bit loads and 128
+// byte permutes. kV1 = true is the kernel the H200 runs measured (each step's loads issued after the
+// previous step's math, scalar fragment reads). Same arithmetic either way.
+// kFold (int8 / fp8 with bf16 queries): shared memory holds the unscaled codes (exact in bf16); K's
+// per-token scale multiplies the step's scores and V's the probabilities before P.V. Removes a multiply
+// per element from the staging loop, which is issue-bound for the quantized formats
+// (bench/gpu/sass_budget.py). fp16 queries keep per-element scaling: p * scale could leave fp16's range.
 constexpr int kStagedKeys = 64;
 constexpr int kStagedRows = kMmaWarps * kMmaRows;  // 64
 
-template <KvFormat F, int D, typename MT>
+// ldmatrix x4 (b16): lanes 8i..8i+7 give the row addresses of 8x8 matrix i; r[i] = row g, columns
+// 2t, 2t+1 of matrix i (with .trans: rows 2t, 2t+1 of column g).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"((uint32_t)__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"((uint32_t)__cvta_generic_to_shared(row)));
+}
+
+template <KvFormat F>
+constexpr bool kTokenScaled = F == KvFormat::kInt8 || F == KvFormat::kFp8;
+
+// One 16-byte vector of a key row -> fp32 values, with its (prefetched) scale s and zero z.
+// kScaled = false: int8 / fp8 codes unscaled (the caller folds the per-token scale elsewhere).
+template <KvFormat F, bool kScaled>
+__device__ __forceinline__ void dequant16(const uint4& raw, float s, float z, float* dst) {
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&raw);
+  if constexpr (F == KvFormat::kInt8) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {  // 2^23 + (v + 128) - (2^23 + 128) = v, exactly, in one add
+      const float v = __uint_as_float(0x4B000000u | (bytes[i] ^ 0x80u)) - 8388736.f;
+      dst[i] = kScaled ? v * s : v;
+    }
+  } else if constexpr (F == KvFormat::kFp8) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) dst[i] = kScaled ? e4m3_to_float(bytes[i]) * s : e4m3_to_float(bytes[i]);
+  } else if constexpr (F == KvFormat::kInt4) {  // the vector's 32 values are one group
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      dst[2 * i] = fmaf(small_uint_to_float(bytes[i] & 0xFu), s, z);
+      dst[2 * i + 1] = fmaf(small_uint_to_float(bytes[i] >> 4), s, z);
+    }
+  }
+}
+
+// Four int8 codes (one word, code i in byte i) -> two bf16 pairs (codes 0, 1 and 2, 3), exact, without
+// fp32: the bf16 0x43bb is 128 + (bb & 0x7f) when bit 7 of bb is clear, 256 + 2 (bb & 0x7f) when set;
+// masking that bit out of the exponent and subtracting 0x4300 (128) or 0x4380 (256) leaves the
+// two's-complement code. 2 PRMT + 4 LOP3 + 2 HSUB2 for 4 values (fp32 route: ~13).
+__device__ __forceinline__ void int8x4_to_bf16x4(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t a = __byte_perm(w, 0x43u, 0x4140), b = __byte_perm(w, 0x43u, 0x4342);  // [c, 0x43, c', 0x43]
+  const auto sub = [](uint32_t x) {
+    const uint32_t m = x & 0xff7fff7fu, e = x & 0xff80ff80u;
+    __nv_bfloat162 mv, ev;
+    memcpy(&mv, &m, 4);
+    memcpy(&ev, &e, 4);
+    const __nv_bfloat162 r = __hsub2(mv, ev);
+    uint32_t out;
+    memcpy(&out, &r, 4);
+    return out;
+  };
+  lo = sub(a);
+  hi = sub(b);
+}
+
+template <KvFormat F, int D, typename MT, bool kV1, bool kFold>
 __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams p) {
   using T = typename KvStorage<F>::T;
   constexpr int kLd = D + 8;                         // MT row stride: conflict-free fragment reads
@@ -327,9 +397,16 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
   constexpr int kVecs = 2 * kStagedKeys * kVecPerRow;  // K then V
   constexpr int kIters = kVecs / kMmaThreads;
   static_assert(kVecs % kMmaThreads == 0, "step must split evenly over the block");
+  static_assert(F != KvFormat::kInt4 || int4_group(D) == kEV, "an int4 vector must be exactly one group");
+  static_assert(!kFold || (kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value),
+                "kFold: formats with one scale per token, bf16 MT (p * scale stays in range)");
   constexpr int kSteps = D / 16, kNt = D / 8, kKeyTiles = kStagedKeys / 8;
+  constexpr bool kRaw = (F == KvFormat::kBF16 && std::is_same<MT, __nv_bfloat16>::value) ||
+                        (F == KvFormat::kF16 && std::is_same<MT, __half>::value);
+  constexpr bool kPerVecScale = (kTokenScaled<F> && !kFold) || F == KvFormat::kInt4;
   __shared__ __align__(16) MT ks[kStagedKeys * kLd];
   __shared__ __align__(16) MT vs[kStagedKeys * kLd];
+  __shared__ float key_factor[kFold ? 2 * kStagedKeys : 1];  // K scale * qk_scale_log2, then V scale
 
   const int n_rg = (p.rows + kStagedRows - 1) / kStagedRows;
   const int rg = blockIdx.x % n_rg, split = blockIdx.x / n_rg;
@@ -366,16 +443,16 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
   float oacc[kNt][4];
 #pragma unroll
   for (int nt = 0; nt < kNt; ++nt) oacc[nt][0] = oacc[nt][1] = oacc[nt][2] = oacc[nt][3] = 0.f;
-  constexpr bool kRaw = (F == KvFormat::kBF16 && std::is_same<MT, __nv_bfloat16>::value) ||
-                        (F == KvFormat::kF16 && std::is_same<MT, __half>::value);
   const unsigned char* kbase =
       reinterpret_cast<const unsigned char*>(static_cast<const T*>(p.k) + b * p.k_s.b + h * p.k_s.h);
   const unsigned char* vbase =
       reinterpret_cast<const unsigned char*>(static_cast<const T*>(p.v) + b * p.v_s.b + h * p.v_s.h);
 
-  for (int step = lo; step < hi; step += kStagedKeys) {
-    // ---- load + dequantize the step's K and V into shared memory (keys >= hi: zeros) ----
-    uint4 raw[kIters];
+  // Thread-owned state of one step in flight: its kIters vectors, their scale / zero (per-vector
+  // scaling), or one key's token scale (kFold: thread c < 64 the K scale of key step + c, else V's).
+  uint4 raw[kIters];
+  float vsc[kPerVecScale ? kIters : 1], vzr[F == KvFormat::kInt4 ? kIters : 1], tok_sc = 0.f;
+  auto load_step = [&](int step) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {  // all loads first
       const int c = threadIdx.x + i * kMmaThreads;
@@ -386,30 +463,63 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       if (key < hi) {
         const int64_t row_off = (int64_t)key * (is_v ? p.v_s.t : p.k_s.t) * (int64_t)sizeof(T);
         raw[i] = *reinterpret_cast<const uint4*>((is_v ? vbase : kbase) + row_off + (cc % kVecPerRow) * kVB);
+        if constexpr (kPerVecScale) {
+          const void* srow = nullptr;
+          const void* zrow = nullptr;
+          scale_rows<F>(p, is_v, b, h, key, &srow, &zrow);
+          if constexpr (F == KvFormat::kInt4) {
+            const int grp = (cc % kVecPerRow) * kEV / int4_group(D);
+            vsc[i] = __half2float(static_cast<const __half*>(srow)[grp]);
+            vzr[i] = __half2float(static_cast<const __half*>(zrow)[grp]);
+          } else {
+            vsc[i] = *static_cast<const float*>(srow);
+          }
+        }
       }
     }
+    if constexpr (kFold) {
+      const bool is_v = threadIdx.x >= kStagedKeys;
+      const int key = step + (threadIdx.x % kStagedKeys);
+      tok_sc = 0.f;
+      if (key < hi) {
+        const Strides3& ss = is_v ? p.vs_s : p.ks_s;
+        tok_sc = static_cast<const float*>(is_v ? p.v_scale : p.k_scale)[b * ss.b + h * ss.h + (int64_t)key * ss.t];
+      }
+    }
+  };
+  static_assert(!kFold || kMmaThreads == 2 * kStagedKeys, "one token scale per thread");
+
+  if constexpr (!kV1) load_step(lo);
+  for (int step = lo; step < hi; step += kStagedKeys) {
+    if constexpr (kV1) load_step(step);
     __syncthreads();  // the previous step's fragments are consumed
+    // ---- dequantize the step's K and V into shared memory (keys >= hi: zeros) ----
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int c = threadIdx.x + i * kMmaThreads;
       const bool is_v = c >= kVecs / 2;
       const int cc = is_v ? c - kVecs / 2 : c;
-      const int kk = cc / kVecPerRow, e0 = (cc % kVecPerRow) * kEV, key = step + kk;
+      const int kk = cc / kVecPerRow, e0 = (cc % kVecPerRow) * kEV;
       uint32_t out[kEV / 2];
       if constexpr (kRaw) {
         const uint32_t* w = reinterpret_cast<const uint32_t*>(&raw[i]);
 #pragma unroll
         for (int j = 0; j < kEV / 2; ++j) out[j] = w[j];
-      } else {
-        float f[kEV];
-        if (key < hi) {
-          const void* srow = nullptr;
-          const void* zrow = nullptr;
-          scale_rows<F>(p, is_v, b, h, key, &srow, &zrow);
-          dequant_vec<F, D, kVB>(raw[i], e0, srow, zrow, f);
-        } else {
+      } else if constexpr (kFold && F == KvFormat::kInt8) {  // codes straight to bf16 pairs (raw is 0 past hi)
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(&raw[i]);
 #pragma unroll
-          for (int j = 0; j < kEV; ++j) f[j] = 0.f;
+        for (int j = 0; j < 4; ++j) int8x4_to_bf16x4(w[j], out[2 * j], out[2 * j + 1]);
+      } else if constexpr (F == KvFormat::kF32 || F == KvFormat::kBF16 || F == KvFormat::kF16) {
+        float f[kEV];
+        dequant_vec<F, D, kVB>(raw[i], e0, nullptr, nullptr, f);
+#pragma unroll
+        for (int j = 0; j < kEV / 2; ++j) out[j] = pack2<MT>(f[2 * j], f[2 * j + 1]);
+      } else {
+        float f[kEV];  // raw is zero past hi and so are the scale / zero: zeros
+        if constexpr (kFold) {
+          dequant16<F, false>(raw[i], 0.f, 0.f, f);
+        } else {
+          dequant16<F, true>(raw[i], vsc[i], F == KvFormat::kInt4 ? vzr[i] : 0.f, f);
         }
 #pragma unroll
         for (int j = 0; j < kEV / 2; ++j) out[j] = pack2<MT>(f[2 * j], f[2 * j + 1]);
@@ -418,7 +528,11 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
 #pragma unroll
       for (int j = 0; j < kEV / 8; ++j) dst[j] = make_uint4(out[4 * j], out[4 * j + 1], out[4 * j + 2], out[4 * j + 3]);
     }
+    if constexpr (kFold) key_factor[threadIdx.x] = threadIdx.x < kStagedKeys ? tok_sc * p.qk_scale_log2 : tok_sc;
     __syncthreads();
+    if constexpr (!kV1) {
+      if (step + kStagedKeys < hi) load_step(step + kStagedKeys);  // in flight during this step's math
+    }
     if (rows_here <= 0) continue;  // warp-uniform
 
     // ---- S = Q K^T for 64 keys: n-tile nt holds keys step + 8 nt + (col) ----
@@ -426,9 +540,26 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
 #pragma unroll
     for (int nt = 0; nt < kKeyTiles; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      const uint32_t* krow = reinterpret_cast<const uint32_t*>(ks + (8 * nt + g) * kLd);
+      if constexpr (kV1) {
+        const uint32_t* krow = reinterpret_cast<const uint32_t*>(ks + (8 * nt + g) * kLd);
 #pragma unroll
-      for (int j = 0; j < kSteps; ++j) mma16816<MT>(s[nt], qa[j], krow[8 * j + t], krow[8 * j + t + 4]);
+        for (int j = 0; j < kSteps; ++j) mma16816<MT>(s[nt], qa[j], krow[8 * j + t], krow[8 * j + t + 4]);
+      } else {  // matrices (d 16j.., 16j+8.., 16j+16.., 16j+24..) of keys 8nt..8nt+7 = b0, b1 of steps j, j+1
+        const MT* krow = ks + (8 * nt + (lane & 7)) * kLd + 8 * (lane >> 3);
+#pragma unroll
+        for (int j = 0; j < kSteps; j += 2) {
+          uint32_t kb[4];
+          ldsm_x4(kb, krow + 16 * j);
+          mma16816<MT>(s[nt], qa[j], kb[0], kb[1]);
+          mma16816<MT>(s[nt], qa[j + 1], kb[2], kb[3]);
+        }
+      }
+    }
+    float2 kf[kKeyTiles];  // the scores' multipliers: per key with kFold, else qk_scale_log2
+#pragma unroll
+    for (int nt = 0; nt < kKeyTiles; ++nt) {
+      if constexpr (kFold) kf[nt] = *reinterpret_cast<const float2*>(key_factor + 8 * nt + 2 * t);
+      else kf[nt] = make_float2(p.qk_scale_log2, p.qk_scale_log2);
     }
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
@@ -439,7 +570,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
         for (int c = 0; c < 2; ++c) {
           const int key = step + 8 * nt + 2 * t + c;
           const bool visible = key < split_end && key <= limit[rr];
-          s[nt][2 * rr + c] = visible ? s[nt][2 * rr + c] * p.qk_scale_log2 : -INFINITY;
+          s[nt][2 * rr + c] = visible ? s[nt][2 * rr + c] * (c ? kf[nt].y : kf[nt].x) : -INFINITY;
           mx = fmaxf(mx, s[nt][2 * rr + c]);
         }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -460,6 +591,13 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
 #pragma unroll
       for (int nt = 0; nt < kNt; ++nt) oacc[nt][2 * rr] *= alpha, oacc[nt][2 * rr + 1] *= alpha;
     }
+    if constexpr (kFold) {  // P.V over codes: fold V's token scale into the probabilities (after l)
+#pragma unroll
+      for (int nt = 0; nt < kKeyTiles; ++nt) {
+        const float2 vf = *reinterpret_cast<const float2*>(key_factor + kStagedKeys + 8 * nt + 2 * t);
+        s[nt][0] *= vf.x, s[nt][1] *= vf.y, s[nt][2] *= vf.x, s[nt][3] *= vf.y;
+      }
+    }
     // ---- O += P V: k16 step kk = key tiles 2kk, 2kk+1; B = V[key][d] for keys 2t.., cols g ----
     const unsigned short* vh = reinterpret_cast<const unsigned short*>(vs);
 #pragma unroll
@@ -467,12 +605,23 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       const uint32_t pa[4] = {pack2<MT>(s[2 * kk][0], s[2 * kk][1]), pack2<MT>(s[2 * kk][2], s[2 * kk][3]),
                               pack2<MT>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack2<MT>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const unsigned short* v0 = vh + (16 * kk + 2 * t) * kLd + g;  // key 16kk + 2t, column g
+      if constexpr (kV1) {
+        const unsigned short* v0 = vh + (16 * kk + 2 * t) * kLd + g;  // key 16kk + 2t, column g
 #pragma unroll
-      for (int nt = 0; nt < kNt; ++nt) {
-        const uint32_t b0 = (uint32_t)v0[8 * nt] | ((uint32_t)v0[kLd + 8 * nt] << 16);
-        const uint32_t b1 = (uint32_t)v0[8 * kLd + 8 * nt] | ((uint32_t)v0[9 * kLd + 8 * nt] << 16);
-        mma16816<MT>(oacc[nt], pa, b0, b1);
+        for (int nt = 0; nt < kNt; ++nt) {
+          const uint32_t b0 = (uint32_t)v0[8 * nt] | ((uint32_t)v0[kLd + 8 * nt] << 16);
+          const uint32_t b1 = (uint32_t)v0[8 * kLd + 8 * nt] | ((uint32_t)v0[9 * kLd + 8 * nt] << 16);
+          mma16816<MT>(oacc[nt], pa, b0, b1);
+        }
+      } else {  // matrices (keys 16kk.., 16kk+8..) x (columns 8nt.., 8nt+8..), transposed = b0, b1 of nt, nt+1
+        const MT* vrow = vs + (16 * kk + 8 * ((lane >> 3) & 1) + (lane & 7)) * kLd + 8 * (lane >> 4);
+#pragma unroll
+        for (int nt = 0; nt < kNt; nt += 2) {
+          uint32_t vb[4];
+          ldsm_x4_trans(vb, vrow + 8 * nt);
+          mma16816<MT>(oacc[nt], pa, vb[0], vb[1]);
+          mma16816<MT>(oacc[nt + 1], pa, vb[2], vb[3]);
+        }
       }
     }
   }
