@@ -35,37 +35,28 @@ FORMATS = ("bf16", "int8", "int4", "fp8")
 
 
 def _kernels():
-    """name -> fn(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype, sm_scale) available here.
-    cuda = the default (staged) kernel; cuda-v1 / cuda-nofold / cuda-dir = its RAPID_CUDA_VERIFY_KERNEL
-    variants staged-v1 / staged-nofold / direct (csrc/cuda/verify_attention.cu), timed side by side."""
+    """name -> fn(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype, sm_scale) available here:
+    triton, cuda (the default staged kernel), cuda-dir (its direct kernel, RAPID_CUDA_VERIFY_KERNEL=direct)."""
     from rapid_engine import _ext
     out = {}
     if _ext.HAS_TRITON:
         from rapid_engine.triton.verify_attention import verify_attention_triton
         out["triton"] = verify_attention_triton
-        out["triton-noasm"] = _env_variant(verify_attention_triton, "RAPID_TRITON_INT8_ASM", "0")
     if _ext.HAS_CUDA_KERNELS:
-        out["cuda-v1"] = _cuda_variant("staged-v1")
-        out["cuda-dir"] = _cuda_variant("direct")
         out["cuda"] = torch.ops.rapid.verify_attention
-        out["cuda-nofold"] = _cuda_variant("staged-nofold")
+        out["cuda-dir"] = _cuda_variant("direct")
     return out
 
 
-def _env_variant(fn, name: str, value: str):
-    """fn called with the environment switch name=value (read by the launchers on every call)."""
-    def call(*args, **kwargs):
-        os.environ[name] = value
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            os.environ.pop(name, None)
-    return call
-
-
 def _cuda_variant(kernel: str):
-    """The CUDA op with RAPID_CUDA_VERIFY_KERNEL=kernel (the op is looked up at call time)."""
-    return _env_variant(lambda *a: torch.ops.rapid.verify_attention(*a), "RAPID_CUDA_VERIFY_KERNEL", kernel)
+    """The CUDA op with RAPID_CUDA_VERIFY_KERNEL=kernel (read on every call; the op is looked up then)."""
+    def call(*args):
+        os.environ["RAPID_CUDA_VERIFY_KERNEL"] = kernel
+        try:
+            return torch.ops.rapid.verify_attention(*args)
+        finally:
+            os.environ.pop("RAPID_CUDA_VERIFY_KERNEL", None)
+    return call
 
 
 _cuda_direct = _cuda_variant("direct")
@@ -200,13 +191,13 @@ def _row(backend, kv_dtype, heads, S, nq, t_eager, t_graph, nbytes, bw):
 
 def _print_progress(r) -> None:
     """One line per measurement as it lands (a run cut short by its time limit still reports)."""
-    print(f"  {r['backend']:11} {r['heads']:14} {r['kv_dtype']:5} S={r['S']:<6} nq={r['n_query']:<2} "
+    print(f"  {r['backend']:8} {r['heads']:14} {r['kv_dtype']:5} S={r['S']:<6} nq={r['n_query']:<2} "
           f"graph {r['time_us']:8.1f} us ({100 * r['frac_copy_bw']:3.0f}% of {r['copy_bw_gb_s']:.0f} GB/s copy) "
           f"eager {r['eager_us']:8.1f} us", flush=True)
 
 
 def run_sweep(seq_lens, n_queries, formats, iters: int, head_sets=(LLAMA, SMOLLM2)) -> dict:
-    kernels = _kernels()  # Triton, then the measured CUDA kernels, then the new ones (a fault stays late)
+    kernels = _kernels()
     props = torch.cuda.get_device_properties(0)
     rows = []
     for heads in head_sets:
@@ -228,9 +219,6 @@ def run_sweep(seq_lens, n_queries, formats, iters: int, head_sets=(LLAMA, SMOLLM
                                          time_graph(_sdpa, sargs), nbytes, bw))
                         _print_progress(rows[-1])
                     for name, fn in kernels.items():
-                        if (name == "cuda-nofold" and kv_dtype not in ("int8", "fp8")) or \
-                                (name == "triton-noasm" and kv_dtype != "int8"):
-                            continue  # the same kernel as cuda / triton for the other formats
                         try:
                             rows.append(_row(name, kv_dtype, heads, S, nq, time_rotating(fn, arg_sets, iters),
                                              time_graph(fn, arg_sets), nbytes, bw))
@@ -279,8 +267,7 @@ def _add_ratios(rows):
     n_query=1 time; sdpa_speedup = SDPA bf16 time / this time."""
     key = {(r["backend"], r["kv_dtype"], r["heads"], r["S"], r["n_query"]): r["time_us"] for r in rows}
     for r in rows:
-        same_bf16 = {"cuda-nofold": "cuda", "triton-noasm": "triton"}.get(r["backend"], r["backend"])  # same bf16 kernel
-        b16 = key.get((same_bf16, "bf16", r["heads"], r["S"], r["n_query"]))
+        b16 = key.get((r["backend"], "bf16", r["heads"], r["S"], r["n_query"]))
         one = key.get((r["backend"], r["kv_dtype"], r["heads"], r["S"], 1))
         sdpa = key.get(("sdpa", "bf16", r["heads"], r["S"], r["n_query"]))
         r["vs_bf16"] = r["time_us"] / b16 if b16 else None
@@ -291,12 +278,12 @@ def _add_ratios(rows):
 def print_table(result: dict) -> None:
     print(f"{result['device']} ({result['sm_count']} SMs), torch {result['torch']}; times in us, "
           "graph = device time (ratios use it), eager = one Python call incl. checks and its host sync")
-    hdr = f"{'backend':11} {'heads':14} {'kv':5} {'S':>6} {'nq':>3} {'graph':>8} {'eager':>8} {'GB/s':>6} " \
+    hdr = f"{'backend':8} {'heads':14} {'kv':5} {'S':>6} {'nq':>3} {'graph':>8} {'eager':>8} {'GB/s':>6} " \
           f"{'%copy':>6} {'%eag':>5} {'TF/s':>5} {'xbf16':>6} {'xnq1':>5} {'vsSDPA':>6}"
     print(hdr)
     fmt = lambda x, f: format(x, f) if x is not None else "-"  # noqa: E731
     for r in result["rows"]:
-        print(f"{r['backend']:11} {r['heads']:14} {r['kv_dtype']:5} {r['S']:>6} {r['n_query']:>3} {r['time_us']:>8.1f} "
+        print(f"{r['backend']:8} {r['heads']:14} {r['kv_dtype']:5} {r['S']:>6} {r['n_query']:>3} {r['time_us']:>8.1f} "
               f"{r['eager_us']:>8.1f} {r['gb_s']:>6.0f} {100 * r['frac_copy_bw']:>5.0f}% "
               f"{100 * r['eager_frac_copy_bw']:>4.0f}% {r['tflop_s']:>5.1f} "
               f"{fmt(r['vs_bf16'], '6.2f'):>6} {fmt(r['vs_nq1'], '5.2f'):>5} {fmt(r['sdpa_speedup'], '6.2f'):>6}")

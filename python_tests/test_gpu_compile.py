@@ -88,9 +88,6 @@ for fmt, dot_fp32 in ((0, True), (1, False), (2, False), (3, False), (4, False),
     consts = dict(FORMAT=fmt, G=32, BLOCK_R=64, BLOCK_N=64, BLOCK_D=128, DOT_FP32=dot_fp32, EVEN_D=True,
                   ROW_SCALED=fmt in (3, 5), FOLD_V=fmt in (3, 5))
     variants.append((f"verify_split[format={fmt}]", va._verify_split_kernel, ptrs, consts, {"num_warps": 4}))
-    if fmt == 3:  # int8 V through the inline-PTX code conversion (the launcher's GPU default for bf16 q)
-        variants.append(("verify_split[format=3,code_asm]", va._verify_split_kernel, ptrs, dict(consts, CODE_ASM=1),
-                         {"num_warps": 4}))
 variants.append(("merge_splits", va._merge_splits_kernel,
                  dict(po_ptr="*fp32", plse_ptr="*fp32", seqlens_ptr="*i32", out_ptr="*bf16"),
                  dict(BLOCK_S=32, BLOCK_D=128), {}))
@@ -219,7 +216,6 @@ def test_triton_kernels_compile_for_sm80_and_sm90(builds):
     failed = {k: r["error"] for k, r in results.items() if not r["ok"]}
     assert not failed, "\n\n".join(f"{k}:\n{e}" for k, e in failed.items())
     kernels = {k for k, _ in results}
-    assert {k for k in kernels if k.startswith("verify_split")} == \
-        {f"verify_split[format={f}]" for f in range(6)} | {"verify_split[format=3,code_asm]"}
+    assert {k for k in kernels if k.startswith("verify_split")} == {f"verify_split[format={f}]" for f in range(6)}
     assert {arch for _, arch in results} == set(ARCHS)
     assert all(r["cubin_bytes"] > 0 for r in results.values())

@@ -73,7 +73,7 @@ def compile_split_kernel(fmt: int, *, arch: int = 90, block_n: int = 64, num_war
     ptrs = dict(q_ptr="*bf16", k_ptr=_KV_PTR[fmt], v_ptr=_KV_PTR[fmt], ks_ptr=sc, vs_ptr=sc, kz_ptr=sc, vz_ptr=sc,
                 seqlens_ptr="*i32", po_ptr="*fp32", plse_ptr="*fp32")
     consts = dict(FORMAT=fmt, G=32, BLOCK_R=16, BLOCK_N=block_n, BLOCK_D=d, DOT_FP32=False, EVEN_D=True,
-                  ROW_SCALED=fmt in (3, 5), FOLD_V=fmt in (3, 5), CODE_ASM=int(fmt == 3 and os.environ.get("RAPID_TRITON_INT8_ASM") != "0"))  # as the launcher, bf16 q
+                  ROW_SCALED=fmt in (3, 5), FOLD_V=fmt in (3, 5))
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         sig[name] = "constexpr" if name in consts else ptrs.get(name, "fp32" if name == "qk_scale" else "i32")
@@ -173,8 +173,7 @@ def cuda_reports(formats) -> list:
     pretty = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
     out = []
     for i, (name, dn) in enumerate(zip(names, pretty)):
-        m = re.search(r"verify_(staged|mma)_kernel<\(rapid::cuda::KvFormat\)(\d), 128, __nv_bfloat16"
-                      r"(?:, (true|false), (true|false))?>", dn)
+        m = re.search(r"verify_(staged|mma)_kernel<\(rapid::cuda::KvFormat\)(\d), 128, __nv_bfloat16(?:, \w+)?>", dn)
         if not m:
             continue
         fmt = int(m.group(2))
@@ -183,14 +182,9 @@ def cuda_reports(formats) -> list:
             continue
         loop = _loop_opcodes(parts[2 * i + 2])
         staged = m.group(1) == "staged"
-        kernel = "direct"
-        if staged:  # the launcher's RAPID_CUDA_VERIFY_KERNEL names for <kV1, kFold>
-            foldable = fmt_name in ("int8", "fp8")
-            kernel = ("staged-v1" if m.group(3) == "true" else
-                      "staged" if m.group(4) == "true" or not foldable else "staged-nofold")
         keys, streams = (64, 2) if staged else (16, 4)  # independent instruction streams per SM (see above)
         nbytes = _bytes_per_iteration(fmt, keys, 128)
-        out.append(dict(kernel=kernel, format=fmt_name, keys=keys,
+        out.append(dict(kernel="staged" if staged else "direct", format=fmt_name, keys=keys,
                         instructions=len(loop), bytes=nbytes, issue_bytes_per_clk=streams * nbytes / len(loop),
                         mix=collections.Counter(op.split(".")[0] for op in loop)))
     return out

@@ -64,48 +64,29 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL (read each call; default staged):
-//   staged         loads each 64-key step once into shared memory for up to 4 row tiles (one KV read
-//                  and one dequantization for all drafted tokens), prefetches the next step during the
-//                  math, reads fragments with ldmatrix, and (int8 / fp8, bf16 q) applies the token
-//                  scales to scores and probabilities;
-//   staged-nofold  the same with per-element scaling;
-//   staged-v1      without the prefetch, ldmatrix or folding (the kernel the H200 runs measured);
-//   direct         streams K/V from global memory into mma fragments per warp, one m16 row tile per
-//                  block (H200, S 32K bf16: 0.7x the staged-v1 time at 1 query, 1.2x at 11).
-// All keep a row's result independent of n_query; they differ from each other in the last bits
-// (staged-nofold and staged-v1 not at all: same arithmetic).
-enum class MmaKernel { kStaged, kStagedNoFold, kStagedV1, kDirect };
-MmaKernel mma_kernel() {
+// Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=staged|direct (read each call; default staged):
+// staged loads each 64-key step once into shared memory for up to 4 row tiles (one KV read and one
+// dequantization for all drafted tokens); direct streams K/V from global memory into mma fragments per
+// warp, one m16 row tile per block (H100, Llama heads, S 32K bf16: direct 1.04x the staged time at 1
+// query, 1.52x at 11; RAPID's verify step has gamma + 1 queries). Both keep a row's result independent
+// of n_query; they differ from each other in the last bits.
+bool use_staged_kernel() {
   const char* env = std::getenv("RAPID_CUDA_VERIFY_KERNEL");
-  if (env == nullptr || std::strcmp(env, "staged") == 0) return MmaKernel::kStaged;
-  if (std::strcmp(env, "staged-nofold") == 0) return MmaKernel::kStagedNoFold;
-  if (std::strcmp(env, "staged-v1") == 0) return MmaKernel::kStagedV1;
-  if (std::strcmp(env, "direct") == 0) return MmaKernel::kDirect;
-  RAPID_CHECK(false, "RAPID_CUDA_VERIFY_KERNEL must be staged, staged-nofold, staged-v1 or direct");
-  return MmaKernel::kStaged;
-}
-
-template <KvFormat F, int D, typename MT, bool kV1, bool kFold>
-void launch_staged(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
-  const int64_t row_groups = (p.rows + cuda::kStagedRows - 1) / cuda::kStagedRows;
-  const dim3 grid((unsigned)(row_groups * p.n_split), 1, B * p.kv_heads);
-  cuda::verify_staged_kernel<F, D, MT, kV1, kFold><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  return env == nullptr || std::strcmp(env, "direct") != 0;
 }
 
 template <KvFormat F, int D, typename MT>
 void launch_mma(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
-  constexpr bool kCanFold = cuda::kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value;
-  switch (mma_kernel()) {
-    case MmaKernel::kStaged: launch_staged<F, D, MT, false, kCanFold>(p, B, stream); break;
-    case MmaKernel::kStagedNoFold: launch_staged<F, D, MT, false, false>(p, B, stream); break;
-    case MmaKernel::kStagedV1: launch_staged<F, D, MT, true, false>(p, B, stream); break;
-    case MmaKernel::kDirect: {
-      const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
-      const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
-      cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
-      break;
-    }
+  if (use_staged_kernel()) {
+    // int8 / fp8 token scales on scores and probabilities with bf16 q (fp16 q: per element, range)
+    constexpr bool kFold = cuda::kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value;
+    const int64_t row_groups = (p.rows + cuda::kStagedRows - 1) / cuda::kStagedRows;
+    const dim3 grid((unsigned)(row_groups * p.n_split), 1, B * p.kv_heads);
+    cuda::verify_staged_kernel<F, D, MT, kFold><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  } else {
+    const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
+    const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
+    cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge<D>(p, B, stream);

@@ -43,38 +43,14 @@ def _e4m3_to_f32(bits):
 
 
 @triton.jit
-def _int8x4_to_bf16(w):
-    """int32 words of 4 int8 codes -> the 4 codes as bf16 tensors, exact, in 10 instructions per word: the bf16
-    0x43bb is 128 + (bb & 0x7f) when bit 7 of bb is clear, 256 + 2 (bb & 0x7f) when set; masking that bit out
-    and subtracting 0x4300 / 0x4380 (128 / 256) leaves the signed code. GPU only (inline PTX, sm_80+)."""
-    return tl.inline_asm_elementwise(
-        """{
-        .reg .b32 a, b, m, e, n, r0, r1;
-        mov.b32 n, 0xbf80bf80;
-        prmt.b32 a, $4, 0x43, 0x4140;
-        prmt.b32 b, $4, 0x43, 0x4342;
-        and.b32 m, a, 0xff7fff7f;
-        and.b32 e, a, 0xff80ff80;
-        fma.rn.bf16x2 r0, e, n, m;
-        and.b32 m, b, 0xff7fff7f;
-        and.b32 e, b, 0xff80ff80;
-        fma.rn.bf16x2 r1, e, n, m;
-        mov.b32 {$0, $1}, r0;
-        mov.b32 {$2, $3}, r1;
-        }""",
-        "=h,=h,=h,=h,r", [w], dtype=(tl.bfloat16, tl.bfloat16, tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
-
-
-@triton.jit
 def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
                   FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  EVEN_D: tl.constexpr, CODES: tl.constexpr, WORD_ASM: tl.constexpr = False):
+                  EVEN_D: tl.constexpr, CODES: tl.constexpr):
     """Tile [BLOCK_N, BLOCK_D] of keys n (pointers at this batch/head); zero where n_ok is false or the
     column is >= D. Plain formats come back in their storage dtype (the caller casts once), int4 as
     fp32 values; int8 / fp8 as fp32 values, or with CODES as unscaled codes (exact in bf16 / fp16:
     the caller applies the per-token scale to scores or probabilities, a [BLOCK_N] vector instead of
-    the whole tile); WORD_ASM (int8 codes, EVEN_D, 4-byte aligned rows): the codes as bf16, converted in
-    registers by inline PTX. EVEN_D (D == BLOCK_D): no column mask, so the compiler can use 16-byte loads."""
+    the whole tile). EVEN_D (D == BLOCK_D): no column mask, so the compiler can use 16-byte loads."""
     rows = n[:, None].to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     if EVEN_D:
@@ -96,27 +72,16 @@ def _load_kv_tile(data_ptr, scale_ptr, zero_ptr, n, n_ok, sd_s, ss_s, D,
         grouped = tl.reshape(code, (BLOCK_N, BLOCK_D // G, G)) * s[:, :, None] + z[:, :, None]
         x = tl.reshape(grouped, (BLOCK_N, BLOCK_D))
     else:
-        if WORD_ASM:  # int8 only (the launcher's rule)
-            # Words of 4 codes [BLOCK_N, BLOCK_D/4] -> bf16 in the load's layout, joined back into value order.
-            # The join keeps Triton from moving the conversion behind the shared-memory read of the dot
-            # operand, where a V tile (keys along the MMA's k) is gathered byte by byte (sm_90 SASS: 64
-            # LDS.U8 + their PRMTs per tile); this way it goes to the dot through ldmatrix.
-            w4 = tl.arange(0, BLOCK_D // 4)
-            word = tl.load(data_ptr.to(tl.pointer_type(tl.int32)) + rows * (sd_s // 4) + w4[None, :],
-                           mask=n_ok[:, None], other=0)
-            c0, c1, c2, c3 = _int8x4_to_bf16(word)
-            x = tl.reshape(tl.join(tl.join(c0, c1), tl.join(c2, c3)), (BLOCK_N, BLOCK_D))
+        raw = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0)
+        if FORMAT == 3:
+            val = raw.to(tl.float32)
         else:
-            raw = tl.load(data_ptr + rows * sd_s + d[None, :], mask=mask, other=0)
-            if FORMAT == 3:
-                val = raw.to(tl.float32)
-            else:
-                val = _e4m3_to_f32(raw.to(tl.int32) & 0xFF)
-            if CODES:
-                x = val
-            else:
-                s = tl.load(scale_ptr + n.to(tl.int64) * ss_s, mask=n_ok, other=0.0)
-                x = val * s[:, None]
+            val = _e4m3_to_f32(raw.to(tl.int32) & 0xFF)
+        if CODES:
+            x = val
+        else:
+            s = tl.load(scale_ptr + n.to(tl.int64) * ss_s, mask=n_ok, other=0.0)
+            x = val * s[:, None]
     return x
 
 
@@ -128,11 +93,10 @@ def _verify_split_kernel(
     sksb, sksh, skss, svsb, svsh, svss,
     FORMAT: tl.constexpr, G: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, EVEN_D: tl.constexpr, ROW_SCALED: tl.constexpr,
-    FOLD_V: tl.constexpr, CODE_ASM: tl.constexpr = 0,
+    FOLD_V: tl.constexpr,
 ):
     # ROW_SCALED (int8 / fp8, one scale per token): K's scale multiplies the scores after Q.K^T; with
     # FOLD_V (not for fp16 queries, where p * scale could underflow) V's scale multiplies p before P.V.
-    # CODE_ASM (int8 V with FOLD_V, bf16 q, on a GPU): V's codes go to bf16 by _int8x4_to_bf16.
     pid_split = tl.program_id(0)
     pid_rt = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -190,7 +154,7 @@ def _verify_split_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = _load_kv_tile(v_base, vs_base, vz_base, n, n_ok, svs, svss, D, FORMAT, G, BLOCK_N, BLOCK_D, EVEN_D,
-                          FOLD_V, CODE_ASM)
+                          FOLD_V)
         pv = p
         if FOLD_V:
             pv = p * tl.load(vs_base + n.to(tl.int64) * svss, mask=n_ok, other=0.0)[None, :]
@@ -263,17 +227,6 @@ def decode_config(kv_dtype: str, head_dim: int) -> tuple:
     if kv_dtype == "int4":
         return 64, 4, 2
     return 64, 4, 3
-
-
-def _int8_code_asm(kv_dtype: str, q: torch.Tensor, v: torch.Tensor, even_d: bool, interp: bool) -> bool:
-    """Whether int8 V codes are read as int32 words and converted by inline PTX (see _load_kv_tile):
-    bf16 queries on a GPU, head_dim a power of two (no column mask), V's base and rows 4-byte aligned.
-    RAPID_TRITON_INT8_ASM=0 turns it off (the GPU benchmark times both)."""
-    import os
-    if interp or kv_dtype != "int8" or q.dtype != torch.bfloat16 or not even_d \
-            or os.environ.get("RAPID_TRITON_INT8_ASM") == "0":
-        return False
-    return all(st % 4 == 0 for st in v.stride()[:3]) and v.data_ptr() % 4 == 0
 
 
 def _err(msg: str):
@@ -370,7 +323,6 @@ def verify_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
         FORMAT=fmt, G=g, BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d,
         DOT_FP32=interp or q.dtype == torch.float32, EVEN_D=block_d == D,
         ROW_SCALED=kv_dtype in ("int8", "fp8"), FOLD_V=kv_dtype in ("int8", "fp8") and q.dtype != torch.float16,
-        CODE_ASM=int(_int8_code_asm(kv_dtype, q, v, block_d == D, interp)),
         **({} if interp else {"num_warps": num_warps, "num_stages": num_stages}))
     _merge_splits_kernel[(B * nq * qh,)](
         po, plse, seqlens, out, s_max, nq, qh, group, R, split, nsplit, D, *out.stride()[:3],

@@ -315,16 +315,17 @@ namespace cuda {
 // drafted tokens share the call; each row is always processed by one warp in the same key order, so
 // its result does not depend on n_query.
 //
-// At one query the row warp's chain is the critical path (H200: 41-45% of the copy bandwidth), so by
-// default (kV1 = false) the next step's global loads (data and scales) are issued right after the step
-// is staged, in flight while the row warps compute, and the row warps read K / V fragments with
-// ldmatrix (K) and ldmatrix.trans (V): 64 instructions per step instead of 384 16/32-bit loads and 128
-// byte permutes. kV1 = true is the kernel the H200 runs measured (each step's loads issued after the
-// previous step's math, scalar fragment reads). Same arithmetic either way.
+// At one query the row warp's chain is the critical path, so the next step's global loads (data and
+// scales) are issued right after the step is staged, in flight while the row warps compute, and the row
+// warps read K / V fragments with ldmatrix (K) and ldmatrix.trans (V): 64 instructions per step instead
+// of 384 16/32-bit shared loads and 128 byte permutes (sm_90 SASS of the step: 1751 -> 1198 for bf16).
+// H100 A/B against the kernel without both (same arithmetic), Llama heads, one query: bf16 S 32K
+// 80.0 -> 64.2 us, 64K 145.6 -> 111.2 us (57 -> 71%, 62 -> 82% of the copy bandwidth).
 // kFold (int8 / fp8 with bf16 queries): shared memory holds the unscaled codes (exact in bf16); K's
 // per-token scale multiplies the step's scores and V's the probabilities before P.V. Removes a multiply
-// per element from the staging loop, which is issue-bound for the quantized formats
-// (bench/gpu/sass_budget.py). fp16 queries keep per-element scaling: p * scale could leave fp16's range.
+// per element from the staging loop (int8: codes to bf16 pairs by int8x4_to_bf16x4, no fp32); H100,
+// Llama heads, one query, int8 S 32K: 68.2 -> 51.1 us. fp16 queries keep per-element scaling: p * scale
+// could leave fp16's range.
 constexpr int kStagedKeys = 64;
 constexpr int kStagedRows = kMmaWarps * kMmaRows;  // 64
 
@@ -387,7 +388,7 @@ __device__ __forceinline__ void int8x4_to_bf16x4(uint32_t w, uint32_t& lo, uint3
   hi = sub(b);
 }
 
-template <KvFormat F, int D, typename MT, bool kV1, bool kFold>
+template <KvFormat F, int D, typename MT, bool kFold>
 __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams p) {
   using T = typename KvStorage<F>::T;
   constexpr int kLd = D + 8;                         // MT row stride: conflict-free fragment reads
@@ -460,6 +461,8 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       const int cc = is_v ? c - kVecs / 2 : c;
       const int key = step + cc / kVecPerRow;
       raw[i] = make_uint4(0, 0, 0, 0);
+      if constexpr (kPerVecScale) vsc[i] = 0.f;  // keys past hi stage as exact zeros (never NaN * 0)
+      if constexpr (F == KvFormat::kInt4) vzr[i] = 0.f;
       if (key < hi) {
         const int64_t row_off = (int64_t)key * (is_v ? p.v_s.t : p.k_s.t) * (int64_t)sizeof(T);
         raw[i] = *reinterpret_cast<const uint4*>((is_v ? vbase : kbase) + row_off + (cc % kVecPerRow) * kVB);
@@ -489,9 +492,8 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
   };
   static_assert(!kFold || kMmaThreads == 2 * kStagedKeys, "one token scale per thread");
 
-  if constexpr (!kV1) load_step(lo);
+  load_step(lo);
   for (int step = lo; step < hi; step += kStagedKeys) {
-    if constexpr (kV1) load_step(step);
     __syncthreads();  // the previous step's fragments are consumed
     // ---- dequantize the step's K and V into shared memory (keys >= hi: zeros) ----
 #pragma unroll
@@ -530,9 +532,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
     }
     if constexpr (kFold) key_factor[threadIdx.x] = threadIdx.x < kStagedKeys ? tok_sc * p.qk_scale_log2 : tok_sc;
     __syncthreads();
-    if constexpr (!kV1) {
-      if (step + kStagedKeys < hi) load_step(step + kStagedKeys);  // in flight during this step's math
-    }
+    if (step + kStagedKeys < hi) load_step(step + kStagedKeys);  // in flight during this step's math
     if (rows_here <= 0) continue;  // warp-uniform
 
     // ---- S = Q K^T for 64 keys: n-tile nt holds keys step + 8 nt + (col) ----
@@ -540,19 +540,14 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
 #pragma unroll
     for (int nt = 0; nt < kKeyTiles; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      if constexpr (kV1) {
-        const uint32_t* krow = reinterpret_cast<const uint32_t*>(ks + (8 * nt + g) * kLd);
+      // ldmatrix: (d 16j.., 16j+8.., 16j+16.., 16j+24..) of keys 8nt..8nt+7 = b0, b1 of steps j, j+1
+      const MT* krow = ks + (8 * nt + (lane & 7)) * kLd + 8 * (lane >> 3);
 #pragma unroll
-        for (int j = 0; j < kSteps; ++j) mma16816<MT>(s[nt], qa[j], krow[8 * j + t], krow[8 * j + t + 4]);
-      } else {  // matrices (d 16j.., 16j+8.., 16j+16.., 16j+24..) of keys 8nt..8nt+7 = b0, b1 of steps j, j+1
-        const MT* krow = ks + (8 * nt + (lane & 7)) * kLd + 8 * (lane >> 3);
-#pragma unroll
-        for (int j = 0; j < kSteps; j += 2) {
-          uint32_t kb[4];
-          ldsm_x4(kb, krow + 16 * j);
-          mma16816<MT>(s[nt], qa[j], kb[0], kb[1]);
-          mma16816<MT>(s[nt], qa[j + 1], kb[2], kb[3]);
-        }
+      for (int j = 0; j < kSteps; j += 2) {
+        uint32_t kb[4];
+        ldsm_x4(kb, krow + 16 * j);
+        mma16816<MT>(s[nt], qa[j], kb[0], kb[1]);
+        mma16816<MT>(s[nt], qa[j + 1], kb[2], kb[3]);
       }
     }
     float2 kf[kKeyTiles];  // the scores' multipliers: per key with kFold, else qk_scale_log2
@@ -599,29 +594,19 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       }
     }
     // ---- O += P V: k16 step kk = key tiles 2kk, 2kk+1; B = V[key][d] for keys 2t.., cols g ----
-    const unsigned short* vh = reinterpret_cast<const unsigned short*>(vs);
 #pragma unroll
     for (int kk = 0; kk < kStagedKeys / 16; ++kk) {
       const uint32_t pa[4] = {pack2<MT>(s[2 * kk][0], s[2 * kk][1]), pack2<MT>(s[2 * kk][2], s[2 * kk][3]),
                               pack2<MT>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack2<MT>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      if constexpr (kV1) {
-        const unsigned short* v0 = vh + (16 * kk + 2 * t) * kLd + g;  // key 16kk + 2t, column g
+      // ldmatrix.trans: (keys 16kk.., 16kk+8..) x (columns 8nt.., 8nt+8..) = b0, b1 of n tiles nt, nt+1
+      const MT* vrow = vs + (16 * kk + 8 * ((lane >> 3) & 1) + (lane & 7)) * kLd + 8 * (lane >> 4);
 #pragma unroll
-        for (int nt = 0; nt < kNt; ++nt) {
-          const uint32_t b0 = (uint32_t)v0[8 * nt] | ((uint32_t)v0[kLd + 8 * nt] << 16);
-          const uint32_t b1 = (uint32_t)v0[8 * kLd + 8 * nt] | ((uint32_t)v0[9 * kLd + 8 * nt] << 16);
-          mma16816<MT>(oacc[nt], pa, b0, b1);
-        }
-      } else {  // matrices (keys 16kk.., 16kk+8..) x (columns 8nt.., 8nt+8..), transposed = b0, b1 of nt, nt+1
-        const MT* vrow = vs + (16 * kk + 8 * ((lane >> 3) & 1) + (lane & 7)) * kLd + 8 * (lane >> 4);
-#pragma unroll
-        for (int nt = 0; nt < kNt; nt += 2) {
-          uint32_t vb[4];
-          ldsm_x4_trans(vb, vrow + 8 * nt);
-          mma16816<MT>(oacc[nt], pa, vb[0], vb[1]);
-          mma16816<MT>(oacc[nt + 1], pa, vb[2], vb[3]);
-        }
+      for (int nt = 0; nt < kNt; nt += 2) {
+        uint32_t vb[4];
+        ldsm_x4_trans(vb, vrow + 8 * nt);
+        mma16816<MT>(oacc[nt], pa, vb[0], vb[1]);
+        mma16816<MT>(oacc[nt + 1], pa, vb[2], vb[3]);
       }
     }
   }
