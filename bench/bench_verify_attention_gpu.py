@@ -36,7 +36,7 @@ FORMATS = ("bf16", "int8", "int4", "fp8")
 
 def _kernels():
     """name -> fn(q, k, v, k_scale, k_zero, v_scale, v_zero, seqlens, kv_dtype, sm_scale) available here:
-    triton, cuda (the default staged kernel), cuda-dir (its direct kernel, RAPID_CUDA_VERIFY_KERNEL=direct)."""
+    triton, cuda (the default staged kernel), cuda-q / cuda-dir (RAPID_CUDA_VERIFY_KERNEL=quarters / direct)."""
     from rapid_engine import _ext
     out = {}
     if _ext.HAS_TRITON:
@@ -44,6 +44,7 @@ def _kernels():
         out["triton"] = verify_attention_triton
     if _ext.HAS_CUDA_KERNELS:
         out["cuda"] = torch.ops.rapid.verify_attention
+        out["cuda-q"] = _cuda_variant("quarters")
         out["cuda-dir"] = _cuda_variant("direct")
     return out
 

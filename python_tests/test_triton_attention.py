@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(not _ext.HAS_TRITON, reason="triton is not insta
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KV_BACKENDS = ["triton"] + (["cuda"] if DEVICE == "cuda" and _ext.HAS_CUDA_KERNELS else [])
-# "cuda-direct": the CUDA op with its direct tensor-core kernel (RAPID_CUDA_VERIFY_KERNEL, read on every
-# call) instead of the default shared-memory staged one.
-BACKENDS = KV_BACKENDS + (["cuda-direct"] if "cuda" in KV_BACKENDS else [])
+# "cuda-direct" / "cuda-quarters": the CUDA op with its direct tensor-core kernel or the staged kernel's
+# 4-warps-per-row-tile variant (RAPID_CUDA_VERIFY_KERNEL, read on every call) instead of the default.
+CUDA_VARIANTS = {"cuda-direct": "direct", "cuda-quarters": "quarters"}
+BACKENDS = KV_BACKENDS + (list(CUDA_VARIANTS) if "cuda" in KV_BACKENDS else [])
 KV_DTYPES = ["fp32", "bf16", "fp16", "int8", "int4", "fp8"]
 Q_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -44,8 +45,8 @@ def _attend(backend, *args, split_size=None):
     if backend == "triton":
         from rapid_engine.triton.verify_attention import verify_attention_triton
         return verify_attention_triton(*args, split_size=split_size)
-    if backend == "cuda-direct":
-        os.environ["RAPID_CUDA_VERIFY_KERNEL"] = "direct"
+    if backend in CUDA_VARIANTS:
+        os.environ["RAPID_CUDA_VERIFY_KERNEL"] = CUDA_VARIANTS[backend]
         try:
             return torch.ops.rapid.verify_attention(*args)
         finally:

@@ -64,29 +64,47 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=staged|direct (read each call; default staged):
-// staged loads each 64-key step once into shared memory for up to 4 row tiles (one KV read and one
-// dequantization for all drafted tokens); direct streams K/V from global memory into mma fragments per
-// warp, one m16 row tile per block (H100, Llama heads, S 32K bf16: direct 1.04x the staged time at 1
-// query, 1.52x at 11; RAPID's verify step has gamma + 1 queries). Both keep a row's result independent
-// of n_query; they differ from each other in the last bits.
-bool use_staged_kernel() {
+// Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=staged|quarters|direct (read each call; default
+// staged). staged and quarters load each 64-key step once into shared memory for all row tiles of the
+// block (one KV read and one dequantization for all drafted tokens); staged computes each m16 row tile
+// with one warp over all 64 keys (4 tiles per block), quarters with 4 warps over 16 keys each, merged at
+// the end (1 tile per block at <= 16 rows, else 2): at one query the single row warp's chain is the
+// critical path. direct streams K/V from global memory into mma fragments per warp, one m16 row tile per
+// block (H100, Llama heads, S 32K bf16: 1.01x the staged time at 1 query, 1.50x at 11). Each keeps a
+// row's result independent of n_query; they differ from each other in the last bits.
+enum class MmaKernel { kStaged, kQuarters, kDirect };
+MmaKernel mma_kernel() {
   const char* env = std::getenv("RAPID_CUDA_VERIFY_KERNEL");
-  return env == nullptr || std::strcmp(env, "direct") != 0;
+  if (env != nullptr && std::strcmp(env, "quarters") == 0) return MmaKernel::kQuarters;
+  if (env != nullptr && std::strcmp(env, "direct") == 0) return MmaKernel::kDirect;
+  return MmaKernel::kStaged;
+}
+
+template <KvFormat F, int D, typename MT, int kWarpsPerTile, int kTiles>
+void launch_staged(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
+  // int8 / fp8 token scales on scores and probabilities with bf16 q (fp16 q: per element, range)
+  constexpr bool kFold = cuda::kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value;
+  constexpr int kBlockRows = cuda::kMmaRows * kTiles;
+  const int64_t row_groups = (p.rows + kBlockRows - 1) / kBlockRows;
+  const dim3 grid((unsigned)(row_groups * p.n_split), 1, B * p.kv_heads);
+  cuda::verify_staged_kernel<F, D, MT, kFold, kWarpsPerTile, kTiles>
+      <<<grid, 32 * kWarpsPerTile * kTiles, 0, stream>>>(p);
 }
 
 template <KvFormat F, int D, typename MT>
 void launch_mma(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
-  if (use_staged_kernel()) {
-    // int8 / fp8 token scales on scores and probabilities with bf16 q (fp16 q: per element, range)
-    constexpr bool kFold = cuda::kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value;
-    const int64_t row_groups = (p.rows + cuda::kStagedRows - 1) / cuda::kStagedRows;
-    const dim3 grid((unsigned)(row_groups * p.n_split), 1, B * p.kv_heads);
-    cuda::verify_staged_kernel<F, D, MT, kFold><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
-  } else {
-    const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
-    const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
-    cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+  switch (mma_kernel()) {
+    case MmaKernel::kStaged: launch_staged<F, D, MT, 1, 4>(p, B, stream); break;
+    case MmaKernel::kQuarters:  // tiles per block do not change a row's arithmetic: chosen by row count
+      if (p.rows <= cuda::kMmaRows) launch_staged<F, D, MT, 4, 1>(p, B, stream);
+      else launch_staged<F, D, MT, 4, 2>(p, B, stream);
+      break;
+    case MmaKernel::kDirect: {
+      const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;
+      const dim3 grid((unsigned)(m_tiles * p.n_split), 1, B * p.kv_heads);  // m tiles of one split side by side (L2)
+      cuda::verify_mma_kernel<F, D, MT><<<grid, cuda::kMmaThreads, 0, stream>>>(p);
+      break;
+    }
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_merge<D>(p, B, stream);

@@ -388,40 +388,46 @@ __device__ __forceinline__ void int8x4_to_bf16x4(uint32_t w, uint32_t& lo, uint3
   hi = sub(b);
 }
 
-template <KvFormat F, int D, typename MT, bool kFold>
-__global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams p) {
+template <KvFormat F, int D, typename MT, bool kFold, int kWarpsPerTile, int kTiles>
+__global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_kernel(VerifyParams p) {
   using T = typename KvStorage<F>::T;
+  constexpr int kThreads = 32 * kWarpsPerTile * kTiles;
+  constexpr int kBlockRows = kMmaRows * kTiles;
+  constexpr int kWarpKeys = kStagedKeys / kWarpsPerTile;  // keys of a step one warp computes: 64 or 16
+  static_assert((kWarpsPerTile == 1 || kWarpsPerTile == 4) && kWarpKeys % 16 == 0, "1 or 4 warps per m tile");
   constexpr int kLd = D + 8;                         // MT row stride: conflict-free fragment reads
   constexpr int kVB = 16;                            // bytes per vector load (row_bytes % 16 == 0 here)
   constexpr int kEV = F == KvFormat::kInt4 ? 2 * kVB : kVB / (int)sizeof(T);
   constexpr int kVecPerRow = D / kEV;
   constexpr int kVecs = 2 * kStagedKeys * kVecPerRow;  // K then V
-  constexpr int kIters = kVecs / kMmaThreads;
-  static_assert(kVecs % kMmaThreads == 0, "step must split evenly over the block");
+  constexpr int kIters = kVecs / kThreads;
+  static_assert(kVecs % kThreads == 0, "step must split evenly over the block");
   static_assert(F != KvFormat::kInt4 || int4_group(D) == kEV, "an int4 vector must be exactly one group");
   static_assert(!kFold || (kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value),
                 "kFold: formats with one scale per token, bf16 MT (p * scale stays in range)");
-  constexpr int kSteps = D / 16, kNt = D / 8, kKeyTiles = kStagedKeys / 8;
+  constexpr int kSteps = D / 16, kNt = D / 8, kKeyTiles = kWarpKeys / 8;
   constexpr bool kRaw = (F == KvFormat::kBF16 && std::is_same<MT, __nv_bfloat16>::value) ||
                         (F == KvFormat::kF16 && std::is_same<MT, __half>::value);
   constexpr bool kPerVecScale = (kTokenScaled<F> && !kFold) || F == KvFormat::kInt4;
-  __shared__ __align__(16) MT ks[kStagedKeys * kLd];
-  __shared__ __align__(16) MT vs[kStagedKeys * kLd];
+  __shared__ __align__(16) MT kv_s[2 * kStagedKeys * kLd];  // K rows, then V rows; the warps' merge after
+  MT* const ks = kv_s;
+  MT* const vs = kv_s + kStagedKeys * kLd;
   __shared__ float key_factor[kFold ? 2 * kStagedKeys : 1];  // K scale * qk_scale_log2, then V scale
 
-  const int n_rg = (p.rows + kStagedRows - 1) / kStagedRows;
+  const int n_rg = (p.rows + kBlockRows - 1) / kBlockRows;
   const int rg = blockIdx.x % n_rg, split = blockIdx.x / n_rg;
   const int b = blockIdx.z / p.kv_heads, h = blockIdx.z % p.kv_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int block_row0 = rg * kStagedRows;
-  const int block_rows = min(kStagedRows, p.rows - block_row0);
+  const int block_row0 = rg * kBlockRows;
+  const int block_rows = min(kBlockRows, p.rows - block_row0);
   const int kv_len = max(0, min(p.seqlens[b], p.s_max));  // launcher checks; clamp so nothing reads past S_max
   const int lo = split * p.split_size;
   const int split_end = min(lo + p.split_size, kv_len);
   const int hi = min(split_end, kv_len - p.n_query + (block_row0 + block_rows - 1) / p.group + 1);
   if (lo >= hi) return;  // block-uniform: no row of this block sees a key of this split
 
-  const int row0 = block_row0 + warp * kMmaRows;  // this warp's m tile
+  const int part = warp % kWarpsPerTile, key0 = part * kWarpKeys;  // this warp's keys of each step
+  const int row0 = block_row0 + (warp / kWarpsPerTile) * kMmaRows;  // this warp's m tile
   const int rows_here = min(kMmaRows, p.rows - row0);  // <= 0: the warp only helps loading
   int limit[2];
   uint32_t qa[kSteps][4];
@@ -456,7 +462,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
   auto load_step = [&](int step) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {  // all loads first
-      const int c = threadIdx.x + i * kMmaThreads;
+      const int c = threadIdx.x + i * kThreads;
       const bool is_v = c >= kVecs / 2;
       const int cc = is_v ? c - kVecs / 2 : c;
       const int key = step + cc / kVecPerRow;
@@ -484,13 +490,13 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       const bool is_v = threadIdx.x >= kStagedKeys;
       const int key = step + (threadIdx.x % kStagedKeys);
       tok_sc = 0.f;
-      if (key < hi) {
+      if (key < hi && threadIdx.x < 2 * kStagedKeys) {
         const Strides3& ss = is_v ? p.vs_s : p.ks_s;
         tok_sc = static_cast<const float*>(is_v ? p.v_scale : p.k_scale)[b * ss.b + h * ss.h + (int64_t)key * ss.t];
       }
     }
   };
-  static_assert(!kFold || kMmaThreads == 2 * kStagedKeys, "one token scale per thread");
+  static_assert(!kFold || kThreads >= 2 * kStagedKeys, "one token scale per thread");
 
   load_step(lo);
   for (int step = lo; step < hi; step += kStagedKeys) {
@@ -498,7 +504,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
     // ---- dequantize the step's K and V into shared memory (keys >= hi: zeros) ----
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int c = threadIdx.x + i * kMmaThreads;
+      const int c = threadIdx.x + i * kThreads;
       const bool is_v = c >= kVecs / 2;
       const int cc = is_v ? c - kVecs / 2 : c;
       const int kk = cc / kVecPerRow, e0 = (cc % kVecPerRow) * kEV;
@@ -530,18 +536,21 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
 #pragma unroll
       for (int j = 0; j < kEV / 8; ++j) dst[j] = make_uint4(out[4 * j], out[4 * j + 1], out[4 * j + 2], out[4 * j + 3]);
     }
-    if constexpr (kFold) key_factor[threadIdx.x] = threadIdx.x < kStagedKeys ? tok_sc * p.qk_scale_log2 : tok_sc;
+    if constexpr (kFold) {
+      if (threadIdx.x < 2 * kStagedKeys)
+        key_factor[threadIdx.x] = threadIdx.x < kStagedKeys ? tok_sc * p.qk_scale_log2 : tok_sc;
+    }
     __syncthreads();
     if (step + kStagedKeys < hi) load_step(step + kStagedKeys);  // in flight during this step's math
     if (rows_here <= 0) continue;  // warp-uniform
 
-    // ---- S = Q K^T for 64 keys: n-tile nt holds keys step + 8 nt + (col) ----
+    // ---- S = Q K^T for the warp's keys: n-tile nt holds keys step + key0 + 8 nt + (col) ----
     float s[kKeyTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kKeyTiles; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
       // ldmatrix: (d 16j.., 16j+8.., 16j+16.., 16j+24..) of keys 8nt..8nt+7 = b0, b1 of steps j, j+1
-      const MT* krow = ks + (8 * nt + (lane & 7)) * kLd + 8 * (lane >> 3);
+      const MT* krow = ks + (key0 + 8 * nt + (lane & 7)) * kLd + 8 * (lane >> 3);
 #pragma unroll
       for (int j = 0; j < kSteps; j += 2) {
         uint32_t kb[4];
@@ -553,7 +562,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
     float2 kf[kKeyTiles];  // the scores' multipliers: per key with kFold, else qk_scale_log2
 #pragma unroll
     for (int nt = 0; nt < kKeyTiles; ++nt) {
-      if constexpr (kFold) kf[nt] = *reinterpret_cast<const float2*>(key_factor + 8 * nt + 2 * t);
+      if constexpr (kFold) kf[nt] = *reinterpret_cast<const float2*>(key_factor + key0 + 8 * nt + 2 * t);
       else kf[nt] = make_float2(p.qk_scale_log2, p.qk_scale_log2);
     }
 #pragma unroll
@@ -563,7 +572,7 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       for (int nt = 0; nt < kKeyTiles; ++nt)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const int key = step + 8 * nt + 2 * t + c;
+          const int key = step + key0 + 8 * nt + 2 * t + c;
           const bool visible = key < split_end && key <= limit[rr];
           s[nt][2 * rr + c] = visible ? s[nt][2 * rr + c] * (c ? kf[nt].y : kf[nt].x) : -INFINITY;
           mx = fmaxf(mx, s[nt][2 * rr + c]);
@@ -589,18 +598,18 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
     if constexpr (kFold) {  // P.V over codes: fold V's token scale into the probabilities (after l)
 #pragma unroll
       for (int nt = 0; nt < kKeyTiles; ++nt) {
-        const float2 vf = *reinterpret_cast<const float2*>(key_factor + kStagedKeys + 8 * nt + 2 * t);
+        const float2 vf = *reinterpret_cast<const float2*>(key_factor + kStagedKeys + key0 + 8 * nt + 2 * t);
         s[nt][0] *= vf.x, s[nt][1] *= vf.y, s[nt][2] *= vf.x, s[nt][3] *= vf.y;
       }
     }
     // ---- O += P V: k16 step kk = key tiles 2kk, 2kk+1; B = V[key][d] for keys 2t.., cols g ----
 #pragma unroll
-    for (int kk = 0; kk < kStagedKeys / 16; ++kk) {
+    for (int kk = 0; kk < kWarpKeys / 16; ++kk) {
       const uint32_t pa[4] = {pack2<MT>(s[2 * kk][0], s[2 * kk][1]), pack2<MT>(s[2 * kk][2], s[2 * kk][3]),
                               pack2<MT>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               pack2<MT>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
       // ldmatrix.trans: (keys 16kk.., 16kk+8..) x (columns 8nt.., 8nt+8..) = b0, b1 of n tiles nt, nt+1
-      const MT* vrow = vs + (16 * kk + 8 * ((lane >> 3) & 1) + (lane & 7)) * kLd + 8 * (lane >> 4);
+      const MT* vrow = vs + (key0 + 16 * kk + 8 * ((lane >> 3) & 1) + (lane & 7)) * kLd + 8 * (lane >> 4);
 #pragma unroll
       for (int nt = 0; nt < kNt; nt += 2) {
         uint32_t vb[4];
@@ -610,11 +619,55 @@ __global__ void __launch_bounds__(kMmaThreads) verify_staged_kernel(VerifyParams
       }
     }
   }
-  if (rows_here <= 0) return;
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
+  for (int rr = 0; rr < 2; ++rr) {  // l was a partial over the thread's columns
     l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
     l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+  }
+  if constexpr (kWarpsPerTile == 4) {
+    // The 4 warps of an m tile merge lane to lane (same fragment positions) through the staging buffer,
+    // in a fixed order: (0 + 2) + (1 + 3). Slot layout [slot][value][lane]: conflict-free.
+    constexpr int kVals = 4 * kNt + 4;  // oacc, then m[0], m[1], l[0], l[1]
+    static_assert(2 * kTiles * kVals * 32 * sizeof(float) <= sizeof(kv_s), "merge slots must fit the K/V buffer");
+    float* const slots = reinterpret_cast<float*>(kv_s);
+    const int tile = warp / 4;
+    auto put = [&](int slot) {
+      float* x = slots + slot * kVals * 32 + lane;
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) x[(4 * nt + c) * 32] = oacc[nt][c];
+      x[(4 * kNt) * 32] = m[0], x[(4 * kNt + 1) * 32] = m[1], x[(4 * kNt + 2) * 32] = l[0], x[(4 * kNt + 3) * 32] = l[1];
+    };
+    auto take = [&](int slot) {  // this warp's state = this warp's (+) slot's
+      const float* x = slots + slot * kVals * 32 + lane;
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const float m2 = x[(4 * kNt + rr) * 32], l2 = x[(4 * kNt + 2 + rr) * 32];
+        const float m_new = fmaxf(m[rr], m2);
+        const float m_safe = m_new == -INFINITY ? 0.f : m_new;
+        const float a1 = exp2f(m[rr] - m_safe), a2 = exp2f(m2 - m_safe);
+        l[rr] = l[rr] * a1 + l2 * a2;
+        m[rr] = m_new;
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            oacc[nt][2 * rr + c] = oacc[nt][2 * rr + c] * a1 + x[(4 * nt + 2 * rr + c) * 32] * a2;
+      }
+    };
+    __syncthreads();  // every warp is past its last read of the K/V buffer
+    if (rows_here > 0 && part >= 2) put(2 * tile + part - 2);
+    __syncthreads();
+    if (rows_here > 0 && part < 2) take(2 * tile + part);
+    __syncthreads();
+    if (rows_here > 0 && part == 1) put(tile);
+    __syncthreads();
+    if (rows_here > 0 && part == 0) take(tile);
+  }
+  if (rows_here <= 0 || part != 0) return;
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
     if (g + 8 * rr >= rows_here) continue;
     const int64_t base = (((int64_t)b * p.kv_heads + h) * p.rows + row0 + g + 8 * rr) * p.n_split + split;
     const float inv = l[rr] > 0.f ? 1.f / l[rr] : 0.f;
