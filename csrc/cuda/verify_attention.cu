@@ -68,7 +68,7 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
 // staged). staged and quarters load each 64-key step once into shared memory for all row tiles of the
 // block (one KV read and one dequantization for all drafted tokens); staged computes each m16 row tile
 // with one warp over all 64 keys (4 tiles per block), quarters with 4 warps over 16 keys each, merged at
-// the end (1 tile per block at <= 16 rows, else 2): at one query the single row warp's chain is the
+// the end (1, 2 or 4 tiles per block by row count): at one query the single row warp's chain is the
 // critical path. direct streams K/V from global memory into mma fragments per warp, one m16 row tile per
 // block (H100, Llama heads, S 32K bf16: 1.01x the staged time at 1 query, 1.50x at 11). Each keeps a
 // row's result independent of n_query; they differ from each other in the last bits.
@@ -97,7 +97,8 @@ void launch_mma(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
     case MmaKernel::kStaged: launch_staged<F, D, MT, 1, 4>(p, B, stream); break;
     case MmaKernel::kQuarters:  // tiles per block do not change a row's arithmetic: chosen by row count
       if (p.rows <= cuda::kMmaRows) launch_staged<F, D, MT, 4, 1>(p, B, stream);
-      else launch_staged<F, D, MT, 4, 2>(p, B, stream);
+      else if (p.rows <= 2 * cuda::kMmaRows) launch_staged<F, D, MT, 4, 2>(p, B, stream);
+      else launch_staged<F, D, MT, 4, 4>(p, B, stream);
       break;
     case MmaKernel::kDirect: {
       const int64_t m_tiles = (p.rows + cuda::kMmaRows - 1) / cuda::kMmaRows;

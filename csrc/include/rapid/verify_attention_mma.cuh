@@ -400,8 +400,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
   constexpr int kEV = F == KvFormat::kInt4 ? 2 * kVB : kVB / (int)sizeof(T);
   constexpr int kVecPerRow = D / kEV;
   constexpr int kVecs = 2 * kStagedKeys * kVecPerRow;  // K then V
-  constexpr int kIters = kVecs / kThreads;
-  static_assert(kVecs % kThreads == 0, "step must split evenly over the block");
+  constexpr int kIters = (kVecs + kThreads - 1) / kThreads;  // 512 threads, int4, D 64: half the block idles
   static_assert(F != KvFormat::kInt4 || int4_group(D) == kEV, "an int4 vector must be exactly one group");
   static_assert(!kFold || (kTokenScaled<F> && std::is_same<MT, __nv_bfloat16>::value),
                 "kFold: formats with one scale per token, bf16 MT (p * scale stays in range)");
@@ -463,6 +462,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {  // all loads first
       const int c = threadIdx.x + i * kThreads;
+      if (kVecs % kThreads != 0 && c >= kVecs) break;
       const bool is_v = c >= kVecs / 2;
       const int cc = is_v ? c - kVecs / 2 : c;
       const int key = step + cc / kVecPerRow;
@@ -505,6 +505,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int c = threadIdx.x + i * kThreads;
+      if (kVecs % kThreads != 0 && c >= kVecs) break;
       const bool is_v = c >= kVecs / 2;
       const int cc = is_v ? c - kVecs / 2 : c;
       const int kk = cc / kVecPerRow, e0 = (cc % kVecPerRow) * kEV;
@@ -628,7 +629,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
     // The 4 warps of an m tile merge lane to lane (same fragment positions) through the staging buffer,
     // in a fixed order: (0 + 2) + (1 + 3). Slot layout [slot][value][lane]: conflict-free.
     constexpr int kVals = 4 * kNt + 4;  // oacc, then m[0], m[1], l[0], l[1]
-    static_assert(2 * kTiles * kVals * 32 * sizeof(float) <= sizeof(kv_s), "merge slots must fit the K/V buffer");
+    constexpr int kSlots = (int)(sizeof(kv_s) / (kVals * 32 * sizeof(float)));
+    static_assert(kSlots >= 4, "the K/V buffer must hold 4 warps' states");
     float* const slots = reinterpret_cast<float*>(kv_s);
     const int tile = warp / 4;
     auto put = [&](int slot) {
@@ -656,14 +658,23 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
             oacc[nt][2 * rr + c] = oacc[nt][2 * rr + c] * a1 + x[(4 * nt + 2 * rr + c) * 32] * a2;
       }
     };
-    __syncthreads();  // every warp is past its last read of the K/V buffer
-    if (rows_here > 0 && part >= 2) put(2 * tile + part - 2);
-    __syncthreads();
-    if (rows_here > 0 && part < 2) take(2 * tile + part);
-    __syncthreads();
-    if (rows_here > 0 && part == 1) put(tile);
-    __syncthreads();
-    if (rows_here > 0 && part == 0) take(tile);
+    // (the first barrier: every warp is past its last read of the K/V buffer)
+#pragma unroll
+    for (int r = 0; r < kTiles; r += kSlots / 2) {  // 0 += 2, 1 += 3, for kSlots / 2 tiles at a time
+      const bool mine = rows_here > 0 && tile >= r && tile < r + kSlots / 2;
+      __syncthreads();
+      if (mine && part >= 2) put(2 * (tile - r) + part - 2);
+      __syncthreads();
+      if (mine && part < 2) take(2 * (tile - r) + part);
+    }
+#pragma unroll
+    for (int r = 0; r < kTiles; r += kSlots) {  // 0 += 1
+      const bool mine = rows_here > 0 && tile >= r && tile < r + kSlots;
+      __syncthreads();
+      if (mine && part == 1) put(tile - r);
+      __syncthreads();
+      if (mine && part == 0) take(tile - r);
+    }
   }
   if (rows_here <= 0 || part != 0) return;
 #pragma unroll
