@@ -3,7 +3,7 @@
 # AFTER the extension is built (RAPID_BUILD_CUDA=1 RAPID_CUDA_ARCHS=90 ... setup.py build_ext --inplace).
 # Steps, each under its own time limit (about 3 minutes in all); logs and JSON land in $OUT:
 #   1. correctness: the CUDA/Triton attention + KV-quant tests (float64 oracle, bitwise batch invariance,
-#      bad input; backends triton, cuda (staged kernel) and cuda-direct) -> pytest summary line;
+#      bad input; backends triton, cuda (staged kernel), cuda-quarters and cuda-direct) -> pytest summary line;
 #   2. bad input never crashes (each case in its own process) + the .cu formatted-TORCH_CHECK diagnostic;
 #   3. speed: Llama (32q/8kv/D128) then SmolLM2 (9q/3kv/D64) heads, S 32K/64K, bf16/int8/int4, n_query
 #      1/4/11: Triton, CUDA (default staged kernel and its RAPID_CUDA_VERIFY_KERNEL variants), SDPA; copy

@@ -65,13 +65,13 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
 }
 
 // Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=staged|quarters|direct (read each call; default
-// staged). staged and quarters load each 64-key step once into shared memory for all row tiles of the
-// block (one KV read and one dequantization for all drafted tokens); staged computes each m16 row tile
-// with one warp over all 64 keys (4 tiles per block), quarters with 4 warps over 16 keys each, merged at
-// the end (1, 2 or 4 tiles per block by row count): at one query the single row warp's chain is the
-// critical path. direct streams K/V from global memory into mma fragments per warp, one m16 row tile per
-// block (H100, Llama heads, S 32K bf16: 1.01x the staged time at 1 query, 1.50x at 11). Each keeps a
-// row's result independent of n_query; they differ from each other in the last bits.
+// staged; rapid/verify_attention_mma.cuh describes them). staged and quarters load each 64-key step once
+// into shared memory for all row tiles of the block; staged computes a tile with one warp, quarters with
+// 4 (a quarter of the one-query chain; H100 Llama heads, S 32K / 64K: bf16 0.97x / 0.96x and int8
+// 0.76x / 0.72x the staged time at one query, 1.57x at 11, so it suits plain decoding). direct streams
+// K/V from global memory into mma fragments per warp, one m16 row tile per block (1.08x / 1.13x the
+// staged time at one query, 1.59x / 1.47x at 11). Each keeps a row's result independent of n_query; they
+// differ from each other in the last bits.
 enum class MmaKernel { kStaged, kQuarters, kDirect };
 MmaKernel mma_kernel() {
   const char* env = std::getenv("RAPID_CUDA_VERIFY_KERNEL");

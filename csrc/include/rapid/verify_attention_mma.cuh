@@ -308,26 +308,32 @@ namespace rapid {
 namespace cuda {
 
 // ---- Staged variant: the block loads each KV step once into shared memory for all its rows ----
-// Grid (row groups * n_split, 1, batch * kv_head), 4 warps. A block owns up to 4 m16 tiles (64 rows)
-// of one KV head and one split; per step of 64 keys all 128 threads load K and V with 16-byte loads,
-// dequantize once and store them to shared memory as MT; warp w then runs tile w's Q.K^T, online
-// softmax and P.V from shared memory. The KV bytes leave HBM (and are dequantized) once however many
-// drafted tokens share the call; each row is always processed by one warp in the same key order, so
-// its result does not depend on n_query.
+// Grid (row groups * n_split, 1, batch * kv_head), verify_staged_kernel<..., kWarpsPerTile, kTiles>:
+// a block owns kTiles m16 row tiles of one KV head and one split; per step of 64 keys all its threads
+// load K and V with 16-byte loads, dequantize once and store them to shared memory as MT; then each
+// row tile runs Q.K^T, online softmax and P.V from shared memory:
+//   kWarpsPerTile = 1 ("staged", the default: 4 tiles, 128 threads): one warp per tile, all 64 keys;
+//   kWarpsPerTile = 4 ("quarters": 1, 2 or 4 tiles): warp w of a tile takes keys 16w..16w+15 of every
+//     step with its own softmax state; the 4 states merge lane to lane at the end in a fixed order.
+// The KV bytes leave HBM (and are dequantized) once however many drafted tokens share the call; a row's
+// keys are always split among warps the same way, whatever kTiles, so its result does not depend on
+// n_query. H100, Llama heads, S 32K / 64K, bf16: quarters takes 0.97x / 0.96x the staged time at one
+// query (int8: 0.76x / 0.72x) but 1.57x / 1.56x at 11 (its 512-thread blocks spill), so staged is the
+// default and quarters a switch for plain (one-query) decoding.
 //
 // At one query the row warp's chain is the critical path, so the next step's global loads (data and
 // scales) are issued right after the step is staged, in flight while the row warps compute, and the row
 // warps read K / V fragments with ldmatrix (K) and ldmatrix.trans (V): 64 instructions per step instead
 // of 384 16/32-bit shared loads and 128 byte permutes (sm_90 SASS of the step: 1751 -> 1198 for bf16).
 // H100 A/B against the kernel without both (same arithmetic), Llama heads, one query: bf16 S 32K
-// 80.0 -> 64.2 us, 64K 145.6 -> 111.2 us (57 -> 71%, 62 -> 82% of the copy bandwidth).
+// 80.0 -> 64.2 us, 64K 145.6 -> 111.2 us (57 -> 71%, 62 -> 82% of the copy bandwidth); 11 queries
+// 94.8 -> 72.5 us, 174.2 -> 125.0 us.
 // kFold (int8 / fp8 with bf16 queries): shared memory holds the unscaled codes (exact in bf16); K's
 // per-token scale multiplies the step's scores and V's the probabilities before P.V. Removes a multiply
 // per element from the staging loop (int8: codes to bf16 pairs by int8x4_to_bf16x4, no fp32); H100,
 // Llama heads, one query, int8 S 32K: 68.2 -> 51.1 us. fp16 queries keep per-element scaling: p * scale
 // could leave fp16's range.
 constexpr int kStagedKeys = 64;
-constexpr int kStagedRows = kMmaWarps * kMmaRows;  // 64
 
 // ldmatrix x4 (b16): lanes 8i..8i+7 give the row addresses of 8x8 matrix i; r[i] = row g, columns
 // 2t, 2t+1 of matrix i (with .trans: rows 2t, 2t+1 of column g).
