@@ -45,7 +45,7 @@ def _kernels():
     if _ext.HAS_CUDA_KERNELS:
         out["cuda"] = torch.ops.rapid.verify_attention
         out["cuda-q"] = _cuda_variant("quarters")
-        out["cuda-dir"] = _cuda_variant("direct")
+        out["cuda-dir"] = _cuda_direct
     return out
 
 

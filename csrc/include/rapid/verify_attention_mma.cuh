@@ -90,25 +90,41 @@ struct RowSplit {
 // int8 / int4 codes to fp32 without the slow integer convert: 2^23 + c has c in its low mantissa bits.
 __device__ __forceinline__ float small_uint_to_float(uint32_t c) { return __uint_as_float(0x4B000000u | c) - 8388608.f; }
 
-// The EV values of one vector of a key row, dequantized to fp32 (e0 = the vector's first d).
-template <KvFormat F, int D, int VB>
-__device__ __forceinline__ void dequant_vec(const typename VecType<VB>::T& raw, int e0, const void* scale_row,
-                                            const void* zero_row, float* dst) {
+// int8 / int4 / fp8: the values of one vector of VB bytes from its scale s and zero z (int4: one group
+// covers the vector). kScaled = false: int8 / fp8 codes unscaled (the caller applies the token scale to
+// scores or probabilities instead).
+template <KvFormat F, int VB, bool kScaled = true>
+__device__ __forceinline__ void dequant_codes(const typename VecType<VB>::T& raw, float s, float z, float* dst) {
   const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&raw);
   if constexpr (F == KvFormat::kInt8) {
-    const float s = *static_cast<const float*>(scale_row);
 #pragma unroll
-    for (int i = 0; i < VB; ++i)  // 2^23 + (v + 128) - (2^23 + 128) = v, exactly, in one add
-      dst[i] = (__uint_as_float(0x4B000000u | (bytes[i] ^ 0x80u)) - 8388736.f) * s;
-  } else if constexpr (F == KvFormat::kInt4) {  // one group of G >= EV values covers the whole vector
-    const int grp = e0 / int4_group(D);
-    const float s = __half2float(static_cast<const __half*>(scale_row)[grp]);
-    const float z = __half2float(static_cast<const __half*>(zero_row)[grp]);
+    for (int i = 0; i < VB; ++i) {  // 2^23 + (v + 128) - (2^23 + 128) = v, exactly, in one add
+      const float v = __uint_as_float(0x4B000000u | (bytes[i] ^ 0x80u)) - 8388736.f;
+      dst[i] = kScaled ? v * s : v;
+    }
+  } else if constexpr (F == KvFormat::kFp8) {
+#pragma unroll
+    for (int i = 0; i < VB; ++i) dst[i] = kScaled ? e4m3_to_float(bytes[i]) * s : e4m3_to_float(bytes[i]);
+  } else {
+    static_assert(F == KvFormat::kInt4, "dequant_codes: int8, int4 or fp8");
 #pragma unroll
     for (int i = 0; i < VB; ++i) {
       dst[2 * i] = fmaf(small_uint_to_float(bytes[i] & 0xFu), s, z);
       dst[2 * i + 1] = fmaf(small_uint_to_float(bytes[i] >> 4), s, z);
     }
+  }
+}
+
+// The EV values of one vector of a key row, dequantized to fp32 (e0 = the vector's first d).
+template <KvFormat F, int D, int VB>
+__device__ __forceinline__ void dequant_vec(const typename VecType<VB>::T& raw, int e0, const void* scale_row,
+                                            const void* zero_row, float* dst) {
+  if constexpr (F == KvFormat::kInt8 || F == KvFormat::kFp8) {
+    dequant_codes<F, VB>(raw, *static_cast<const float*>(scale_row), 0.f, dst);
+  } else if constexpr (F == KvFormat::kInt4) {  // one group of G >= EV values covers the whole vector
+    const int grp = e0 / int4_group(D);
+    dequant_codes<F, VB>(raw, __half2float(static_cast<const __half*>(scale_row)[grp]),
+                         __half2float(static_cast<const __half*>(zero_row)[grp]), dst);
   } else {
     dequant_vector<F, D, VB>(raw, e0, scale_row, zero_row, dst);
   }
@@ -351,29 +367,6 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* row)
 template <KvFormat F>
 constexpr bool kTokenScaled = F == KvFormat::kInt8 || F == KvFormat::kFp8;
 
-// One 16-byte vector of a key row -> fp32 values, with its (prefetched) scale s and zero z.
-// kScaled = false: int8 / fp8 codes unscaled (the caller folds the per-token scale elsewhere).
-template <KvFormat F, bool kScaled>
-__device__ __forceinline__ void dequant16(const uint4& raw, float s, float z, float* dst) {
-  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&raw);
-  if constexpr (F == KvFormat::kInt8) {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {  // 2^23 + (v + 128) - (2^23 + 128) = v, exactly, in one add
-      const float v = __uint_as_float(0x4B000000u | (bytes[i] ^ 0x80u)) - 8388736.f;
-      dst[i] = kScaled ? v * s : v;
-    }
-  } else if constexpr (F == KvFormat::kFp8) {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) dst[i] = kScaled ? e4m3_to_float(bytes[i]) * s : e4m3_to_float(bytes[i]);
-  } else if constexpr (F == KvFormat::kInt4) {  // the vector's 32 values are one group
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      dst[2 * i] = fmaf(small_uint_to_float(bytes[i] & 0xFu), s, z);
-      dst[2 * i + 1] = fmaf(small_uint_to_float(bytes[i] >> 4), s, z);
-    }
-  }
-}
-
 // Four int8 codes (one word, code i in byte i) -> two bf16 pairs (codes 0, 1 and 2, 3), exact, without
 // fp32: the bf16 0x43bb is 128 + (bb & 0x7f) when bit 7 of bb is clear, 256 + 2 (bb & 0x7f) when set;
 // masking that bit out of the exponent and subtracting 0x4300 (128) or 0x4380 (256) leaves the
@@ -532,9 +525,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerTile * kTiles) verify_staged_ker
       } else {
         float f[kEV];  // raw is zero past hi and so are the scale / zero: zeros
         if constexpr (kFold) {
-          dequant16<F, false>(raw[i], 0.f, 0.f, f);
+          dequant_codes<F, kVB, false>(raw[i], 0.f, 0.f, f);
         } else {
-          dequant16<F, true>(raw[i], vsc[i], F == KvFormat::kInt4 ? vzr[i] : 0.f, f);
+          dequant_codes<F, kVB>(raw[i], vsc[i], F == KvFormat::kInt4 ? vzr[i] : 0.f, f);
         }
 #pragma unroll
         for (int j = 0; j < kEV / 2; ++j) out[j] = pack2<MT>(f[2 * j], f[2 * j + 1]);
