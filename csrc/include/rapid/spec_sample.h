@@ -44,8 +44,8 @@ struct Scratch {
   std::vector<float> e, s, onehot;
   std::vector<int32_t> cand, work, kept;
   std::vector<float> kz, ke, kq, ks;  // the kept set, compacted (id order): logit, exp, draft prob, shift/residual
+  std::vector<float> cand_e;          // the top-p candidates' e, compacted beside cand
   std::vector<double> bin_mass;       // cut_by_mass's histogram
-  std::vector<int32_t> bin_count;
   std::vector<int32_t> boundary;      // cut_by_mass's boundary-bin tokens
   void reserve(int64_t V) {
     if (static_cast<int64_t>(e.size()) >= V) return;
@@ -55,6 +55,7 @@ struct Scratch {
     cand.resize(V + 16);  // + one vector: the AVX-512 gather stores 16 lanes past the last candidate
     work.resize(V);
     kept.resize(V + 16);
+    cand_e.resize(V + 16);
     for (auto* v : {&kz, &ke, &kq, &ks}) v->resize(V);
   }
 };
@@ -122,55 +123,6 @@ inline Cutoff radix_select(const float* z, const float* e, int32_t* cand, int64_
   int64_t c = 1;
   while (c < nc && above + static_cast<double>(c) * w < target) ++c;
   return {z[cand[0]], cand[c - 1]};
-}
-
-// The top-p cutoff among cand[0..nc) (ids, which hold every token with e >= exp(-d_max)): the shortest
-// best-ranked prefix whose mass sum e reaches `target`; token x is kept iff the mass ranked before it is < target.
-// A histogram of the mass over kBins linear bins of d = (zmax - z) / T in [0, d_max) finds the bin where the
-// target is crossed; only that bin's tokens are ranked exactly (logit desc, id asc). Returns the cutoff and the
-// candidates' total mass (the caller checks that it reached the target). bin_of[j] is scratch.
-inline Cutoff cut_by_mass(const float* z, const float* e, const int32_t* cand, int64_t nc, double target, float zmax,
-                          float inv_t, float d_max, Scratch& sc, int32_t* bin_of, double* total_out) {
-  constexpr int kBins = 4096;
-  sc.bin_mass.assign(kBins, 0.0);
-  sc.bin_count.assign(kBins, 0);
-  const float scale = static_cast<float>(kBins - 1) / std::max(d_max, 1e-6f);
-  for (int64_t j = 0; j < nc; ++j) {
-    const int32_t x = cand[j];
-    const float d = (zmax - z[x]) * inv_t * scale;  // >= 0; +inf for -inf logits
-    const int b = d < static_cast<float>(kBins - 1) ? static_cast<int>(d) : kBins - 1;
-    bin_of[j] = b;
-    sc.bin_count[b] += 1;
-    sc.bin_mass[b] += static_cast<double>(e[x]);
-  }
-  double above = 0, total = 0;
-  for (int b = 0; b < kBins; ++b) total += sc.bin_mass[b];
-  *total_out = total;
-  int cross = -1, last = -1;
-  for (int b = 0; b < kBins; ++b) {
-    if (sc.bin_count[b] == 0) continue;
-    last = b;
-    if (above + sc.bin_mass[b] >= target) {
-      cross = b;
-      break;
-    }
-    above += sc.bin_mass[b];
-  }
-  if (cross < 0) {  // rounding: the whole set falls short of the target -> keep through the last bin
-    cross = last;
-    above -= sc.bin_mass[last];
-  }
-  sc.boundary.clear();
-  for (int64_t j = 0; j < nc; ++j)
-    if (bin_of[j] == cross) sc.boundary.push_back(cand[j]);
-  std::sort(sc.boundary.begin(), sc.boundary.end(), [&](int32_t a, int32_t b) {
-    return z[a] > z[b] || (z[a] == z[b] && a < b);
-  });
-  size_t c = 1;  // the best-ranked token is always kept
-  double before = static_cast<double>(e[sc.boundary[0]]);
-  while (c < sc.boundary.size() && above + before < target) before += static_cast<double>(e[sc.boundary[c++]]);
-  const int32_t x = sc.boundary[c - 1];
-  return {z[x], x};
 }
 
 // ---- the passes, once per ISA path ----

@@ -42,6 +42,7 @@ struct VecScalar {
   static M mor(M a, M b) { return a || b; }
   static bool any(M m) { return m; }
   static VecScalar select(M m, VecScalar a, VecScalar b) { return m ? a : b; }
+  static VecScalar add_where(VecScalar acc, M m, VecScalar x) { return m ? acc + x : acc; }  // acc + (m ? x : 0)
   float hsum() const { return v; }
   float hmax() const { return v; }
   static VecScalar exp(VecScalar x) {
@@ -87,6 +88,7 @@ struct VecAvx512 {
   static RAPID_V512 M mor(M a, M b) { return a | b; }
   static RAPID_V512 bool any(M m) { return m != 0; }
   static RAPID_V512 VecAvx512 select(M m, VecAvx512 a, VecAvx512 b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
+  static RAPID_V512 VecAvx512 add_where(VecAvx512 acc, M m, VecAvx512 x) { return {_mm512_mask_add_ps(acc.v, m, acc.v, x.v)}; }
   RAPID_V512 float hsum() const { return _mm512_reduce_add_ps(v); }
   RAPID_V512 float hmax() const { return _mm512_reduce_max_ps(v); }
   static RAPID_V512 VecAvx512 exp(VecAvx512 x) {
@@ -135,6 +137,7 @@ struct VecAvx2 {
   static RAPID_V256 M mor(M a, M b) { return _mm256_or_ps(a, b); }
   static RAPID_V256 bool any(M m) { return _mm256_movemask_ps(m) != 0; }
   static RAPID_V256 VecAvx2 select(M m, VecAvx2 a, VecAvx2 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
+  static RAPID_V256 VecAvx2 add_where(VecAvx2 acc, M m, VecAvx2 x) { return {_mm256_add_ps(acc.v, _mm256_and_ps(m, x.v))}; }
   RAPID_V256 float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
