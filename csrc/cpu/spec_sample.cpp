@@ -76,7 +76,10 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cpu(const at::Tensor& target_logi
                    B, G, V, static_cast<float>(temperature), static_cast<float>(top_p), static_cast<float>(eta),
                    static_cast<float>(tail_alpha), top_k, residual == "paper"};
   const double tol = draft_probs.has_value() ? prob_sum_tol(draft_probs->scalar_type()) : 0;
-  const spec::ValidateOut bad = spec::validate(pb, zmax.data_ptr<float>(), tol);
+  at::Tensor tokens = at::empty({B, G + 1}, target_logits.options().dtype(at::kLong));
+  at::Tensor num_accepted = at::empty({B}, target_logits.options().dtype(at::kInt));
+  const spec::ValidateOut bad = spec::validate_and_sample(pb, zmax.data_ptr<float>(), tol, tokens.data_ptr<int64_t>(),
+                                                          num_accepted.data_ptr<int32_t>());
   RAPID_CHECK_VALUE(bad.bad_logit < 0, "spec_sample: target_logits contains NaN or +inf (-inf is the only allowed ",
                     "mask value), first at row [", bad.bad_logit / (G + 1), ", ", bad.bad_logit % (G + 1), "]");
   RAPID_CHECK_VALUE(bad.empty_row < 0, "spec_sample: target_logits has a row that is -inf everywhere (nothing can ",
@@ -84,10 +87,6 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cpu(const at::Tensor& target_logi
   RAPID_CHECK_VALUE(bad.bad_prob < 0, "spec_sample: draft_probs must be finite and >= 0");
   RAPID_CHECK_VALUE(bad.bad_sum < 0, "spec_sample: draft_probs rows must sum to 1 (within ", tol,
                     "), worst row is off by ", bad.worst_sum_err);
-
-  at::Tensor tokens = at::empty({B, G + 1}, target_logits.options().dtype(at::kLong));
-  at::Tensor num_accepted = at::empty({B}, target_logits.options().dtype(at::kInt));
-  spec::sample(pb, tokens.data_ptr<int64_t>(), num_accepted.data_ptr<int32_t>());
   return {tokens, num_accepted};
 }
 

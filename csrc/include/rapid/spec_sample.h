@@ -2,10 +2,10 @@
 // in rapid_engine/ops/sampling.py; the oracle is rapid_engine/ops/reference.py ("speculative sampling").
 //
 // Work is split into items = (row b, verified position i), i in [0, G]; each item is a pure function of its
-// inputs, so a row's positions can run on different threads, and a position past a known rejection is skipped:
-//   validate():  per item one pass: logit max + NaN/+inf flag, draft row sum + bad-entry flag.
-//   sample():    per item: exp pass -> top-k/top-p cutoff (radix histogram over the few candidates, no sort)
-//                -> RAPID shift / tail / phat (2nd exp pass) -> accept test -> residual + inverse CDF.
+// inputs, so a row's positions can run on different threads, and a position past a known rejection is skipped.
+// validate_and_sample(), per item: one pass over its rows (logit max + NaN/+inf flag, draft row sum + bad-entry
+// flag), then, if they are valid, run_item(): exp pass -> top-k/top-p cutoff (a histogram over the few
+// candidates, no sort) -> RAPID shift / tail / phat (2nd exp pass) -> accept test -> residual + inverse CDF.
 // The passes are vectorized per ISA path (spec_sample_passes.inc compiled three times).
 #pragma once
 #include <omp.h>
@@ -27,7 +27,7 @@ struct Problem {
   const int64_t* drafts;   // [B, G]
   const float* q;          // [B, G, V], or nullptr = one-hot at the draft
   const double* uniforms;  // [B, G+1]
-  const float* zmax;       // [B, G+1], filled by validate()
+  const float* zmax;       // [B, G+1], item (b, i)'s entry filled by validate_and_sample() before it runs
   int64_t B, G, V;
   float temperature, top_p, eta, tail_alpha;
   int64_t top_k;
@@ -159,62 +159,52 @@ using Vec = VecScalar;
 constexpr int64_t kParallelMinFloats = 1 << 17;
 inline bool worth_a_team(int64_t n_items, int64_t floats) { return n_items > 1 && floats >= kParallelMinFloats; }
 
-// Per item (b, i): logit max and flags. Returns the first bad (b, i) as b * (G + 1) + i, or -1.
+// What validation found: the first bad item (b, i) as b * (G + 1) + i per kind (draft rows: b * G + i), or -1.
 struct ValidateOut {
   int64_t bad_logit = -1, empty_row = -1, bad_prob = -1, bad_sum = -1;
   double worst_sum_err = 0;
+  bool ok() const { return bad_logit < 0 && empty_row < 0 && bad_prob < 0 && bad_sum < 0; }
 };
 
-inline ValidateOut validate(const Problem& pb, float* zmax, double sum_tol) {
+// Validates every row and samples, in one parallel loop over the items: item (b, i) first checks its own logit
+// row (max, NaN / +inf) and draft row (sum, sign), then -- when both are valid and no earlier draft of row b was
+// rejected -- decides position i. Each row is read from memory once, by the thread that goes on to process it
+// while it is still in that core's L2 (a separate validation pass over all rows left them in the shared L3).
+// Every row is validated, skipped or not. On bad input the tokens are not written; the caller raises.
+// zmax [B, G+1] receives the row maxima (pb.zmax must point at it). tokens [B, G+1] (-1 after the emitted
+// ones), num_accepted [B].
+inline ValidateOut validate_and_sample(const Problem& pb, float* zmax, double sum_tol, int64_t* tokens,
+                                       int32_t* num_accepted) {
   const Isa path = isa();
-  const int64_t n_items = pb.B * (pb.G + 1), n_q = pb.q ? pb.B * pb.G : 0;
-  std::vector<uint8_t> bad(n_items, 0), qbad(n_q, 0);
+  const int64_t G = pb.G, n_items = pb.B * (G + 1), n_q = pb.q ? pb.B * G : 0;
+  std::vector<uint8_t> bad(n_items, 0), qbad(n_q, 0);  // bad: 1 NaN / +inf logit, 2 every logit -inf
   std::vector<double> qerr(n_q, 0);
-#pragma omp parallel for schedule(static) if (worth_a_team(n_items + n_q, (n_items + n_q) * pb.V))
-  for (int64_t it = 0; it < n_items + n_q; ++it) {
-    if (it < n_items) {
-      const float* z = pb.logits + it * pb.V;
-      bool flag;
-      float* mx = zmax + it;
-      if (path == Isa::kAvx512) avx512::logit_stats(z, pb.V, mx, &flag);
-      else if (path == Isa::kAvx2) avx2::logit_stats(z, pb.V, mx, &flag);
-      else scalar::logit_stats(z, pb.V, mx, &flag);
-      bad[it] = flag ? 1 : (*mx == -std::numeric_limits<float>::infinity() ? 2 : 0);
-    } else {
-      const int64_t r = it - n_items;
-      const float* q = pb.q + r * pb.V;
-      bool flag;
-      double sum;
-      if (path == Isa::kAvx512) avx512::prob_stats(q, pb.V, &sum, &flag);
-      else if (path == Isa::kAvx2) avx2::prob_stats(q, pb.V, &sum, &flag);
-      else scalar::prob_stats(q, pb.V, &sum, &flag);
-      qbad[r] = flag;
-      qerr[r] = std::abs(sum - 1.0);
-    }
-  }
-  ValidateOut out;
-  for (int64_t it = 0; it < n_items; ++it) {
-    if (bad[it] == 1 && out.bad_logit < 0) out.bad_logit = it;
-    if (bad[it] == 2 && out.empty_row < 0) out.empty_row = it;
-  }
-  for (int64_t r = 0; r < n_q; ++r) {
-    if (qbad[r] && out.bad_prob < 0) out.bad_prob = r;
-    if (qerr[r] > sum_tol && out.bad_sum < 0) out.bad_sum = r;
-    out.worst_sum_err = std::max(out.worst_sum_err, qerr[r]);
-  }
-  return out;
-}
-
-// tokens [B, G+1] (-1 after the emitted ones), num_accepted [B]. pb.zmax must come from validate().
-inline void sample(const Problem& pb, int64_t* tokens, int32_t* num_accepted) {
-  const Isa path = isa();
-  const int64_t G = pb.G, n_items = pb.B * (G + 1);
   std::vector<ItemResult> res(n_items);
   std::vector<std::atomic<int64_t>> first_reject(pb.B);
   for (auto& f : first_reject) f.store(G);
-#pragma omp parallel for schedule(dynamic, 1) if (worth_a_team(n_items, n_items * pb.V))
+  const int64_t floats = (n_items + n_q) * pb.V;
+#pragma omp parallel for schedule(dynamic, 1) if (worth_a_team(n_items, floats))
   for (int64_t it = 0; it < n_items; ++it) {
     const int64_t b = it / (G + 1), i = it % (G + 1);
+    const float* z = pb.logits + it * pb.V;
+    bool flag;
+    if (path == Isa::kAvx512) avx512::logit_stats(z, pb.V, zmax + it, &flag);
+    else if (path == Isa::kAvx2) avx2::logit_stats(z, pb.V, zmax + it, &flag);
+    else scalar::logit_stats(z, pb.V, zmax + it, &flag);
+    bad[it] = flag ? 1 : (zmax[it] == -std::numeric_limits<float>::infinity() ? 2 : 0);
+    bool valid = bad[it] == 0;
+    if (pb.q != nullptr && i < G) {
+      const int64_t r = b * G + i;
+      double sum;
+      bool qflag;
+      if (path == Isa::kAvx512) avx512::prob_stats(pb.q + r * pb.V, pb.V, &sum, &qflag);
+      else if (path == Isa::kAvx2) avx2::prob_stats(pb.q + r * pb.V, pb.V, &sum, &qflag);
+      else scalar::prob_stats(pb.q + r * pb.V, pb.V, &sum, &qflag);
+      qbad[r] = qflag;
+      qerr[r] = std::abs(sum - 1.0);
+      valid = valid && !qflag && !(qerr[r] > sum_tol);
+    }
+    if (!valid) continue;  // the call fails; never sample from a bad row
     if (first_reject[b].load(std::memory_order_relaxed) < i) continue;  // an earlier draft already failed
     Scratch& sc = thread_scratch();
     sc.reserve(pb.V);
@@ -227,6 +217,17 @@ inline void sample(const Problem& pb, int64_t* tokens, int32_t* num_accepted) {
       }
     }
   }
+  ValidateOut out;
+  for (int64_t it = 0; it < n_items; ++it) {
+    if (bad[it] == 1 && out.bad_logit < 0) out.bad_logit = it;
+    if (bad[it] == 2 && out.empty_row < 0) out.empty_row = it;
+  }
+  for (int64_t r = 0; r < n_q; ++r) {
+    if (qbad[r] && out.bad_prob < 0) out.bad_prob = r;
+    if (qerr[r] > sum_tol && out.bad_sum < 0) out.bad_sum = r;
+    out.worst_sum_err = std::max(out.worst_sum_err, qerr[r]);
+  }
+  if (!out.ok()) return out;
   for (int64_t b = 0; b < pb.B; ++b) {
     const int64_t n = first_reject[b].load();
     int64_t* row = tokens + b * (G + 1);
@@ -234,6 +235,7 @@ inline void sample(const Problem& pb, int64_t* tokens, int32_t* num_accepted) {
     row[n] = res[b * (G + 1) + n].token;
     num_accepted[b] = static_cast<int32_t>(n);
   }
+  return out;
 }
 
 }  // namespace rapid::spec
