@@ -252,6 +252,29 @@ def test_cpu_launcher_checks_without_python(name, args, kw, arg):
                                     p["residual"])
 
 
+@pytest.mark.parametrize("where", ["NaN logit in the bonus row", "negative prob in the last draft row"])
+def test_cpu_bad_rows_behind_a_rejection_are_found(where):
+    """Draft 0 is rejected for certain (target logit -inf at it), so the later positions are never sampled; the
+    CPU kernel validates each row inside its item and must still check those rows."""
+    if "cpu" not in KERNELS:
+        pytest.skip("no C++ extension")
+    B, G, V = 2, 3, 50
+    z, d, q, u = _inputs(B, G, V, seed=21)
+    z = z.clone()
+    q = q.clone()
+    d = d.clone()
+    d[:, 0] = 7
+    z[:, 0, 7] = -math.inf  # p(7) = 0 at position 0: draft 0 rejected whatever the uniforms
+    if where.startswith("NaN"):
+        z[1, G, 5] = math.nan
+        arg = "target_logits"
+    else:
+        q[1, G - 1, 5] = -0.1
+        arg = "draft_probs"
+    with pytest.raises(ValueError, match=arg):
+        torch.ops.rapid.spec_sample(z, d, q, u, 1.0, 0, 0.9, 0.0, 0.1, "exact")
+
+
 def test_opcheck():
     z, d, q, u = _inputs(3, 2, 50, seed=12)
     for args in [(z, d, q, u, 1.0, 0, 0.9, 2.0, 0.1, "exact"), (z, d, None, u, 0.0, 0, 1.0, 0.0, 0.1, "paper")]:
