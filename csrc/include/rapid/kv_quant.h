@@ -23,6 +23,14 @@ inline bool kv_format_from_name(const char* s, KvFormat* out) {
 // int4 group along D: 32, or 16 when D % 32 != 0 (D % 16 == 0 is required).
 inline int int4_group(int64_t head_dim) { return head_dim % 32 == 0 ? 32 : 16; }
 
+// Bytes of one token's data row (the stride between rows may be larger); kv_quant.cuh's row_bytes on the GPU.
+constexpr int row_data_bytes(KvFormat f, int head_dim) {
+  return f == KvFormat::kF32                              ? 4 * head_dim
+         : (f == KvFormat::kBF16 || f == KvFormat::kF16) ? 2 * head_dim
+         : f == KvFormat::kInt4                          ? head_dim / 2
+                                                         : head_dim;
+}
+
 inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float bits_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
