@@ -41,7 +41,7 @@ TORCH_LIBRARY_IMPL(rapid, CUDA, m) {
 #ifndef RAPID_NO_PYBIND
 #include <torch/extension.h>
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("cpu_isa", &rapid::cpu_isa, "CPU kernel path in use: avx512, avx2 or scalar");
+  mod.def("cpu_isa", &rapid::cpu_isa, "CPU kernel path in use: amx, avx512bf16, avx512, avx2 or scalar");
 #ifdef RAPID_WITH_CUDA
   mod.attr("with_cuda") = true;
 #else

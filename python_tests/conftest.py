@@ -32,7 +32,7 @@ def available_backends(device: str = "cpu") -> list:
 def cpu_isas() -> list:
     """Every CPU path this machine can run (RAPID_CPU_ISA values)."""
     best = _ext.cpu_isa() if _ext.HAS_EXT else None
-    order = ["scalar", "avx2", "avx512"]
+    order = ["scalar", "avx2", "avx512", "avx512bf16", "amx"]
     if best is None:
         return []
     return order[: order.index(best) + 1]

@@ -211,6 +211,7 @@ RAPID_TARGET_AVX2 void tile_avx2(const T* x, int64_t ldx, const T* w, const T* b
 template <typename T>
 void small_m_rows(Isa path, const T* x, int64_t ldx, const T* w, const T* bias, float* y, int64_t M, int64_t N,
                   int64_t K, int64_t n0, int64_t n1) {
+  path = vector_isa(path);
 #if RAPID_X86
   if (path != Isa::kScalar) {
     for (int64_t n = n0; n < n1; n += kTileN) {

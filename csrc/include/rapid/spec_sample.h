@@ -175,7 +175,7 @@ struct ValidateOut {
 // ones), num_accepted [B].
 inline ValidateOut validate_and_sample(const Problem& pb, float* zmax, double sum_tol, int64_t* tokens,
                                        int32_t* num_accepted) {
-  const Isa path = isa();
+  const Isa path = vector_isa(isa());
   const int64_t G = pb.G, n_items = pb.B * (G + 1), n_q = pb.q ? pb.B * G : 0;
   std::vector<uint8_t> bad(n_items, 0), qbad(n_q, 0);  // bad: 1 NaN / +inf logit, 2 every logit -inf
   std::vector<double> qerr(n_q, 0);

@@ -384,6 +384,7 @@ struct Vec {
 
 template <KvFormat F>
 inline SplitFn split_fn_for(Isa isa) {
+  isa = vector_isa(isa);
 #if RAPID_X86
   if (isa == Isa::kAvx512) return &avx512::attend_split_fast<F>;
   if (isa == Isa::kAvx2) return &avx2::attend_split<F>;
