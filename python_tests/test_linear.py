@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import available_backends, cpu_isas
+from conftest import _cpu_flags, available_backends, cpu_isa_params, cpu_isas
 from rapid_engine.ops.linear import linear, linear_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -79,3 +79,37 @@ def test_bad_input_names_the_argument():
 def test_opcheck():
     x, w, b = _inputs(3, 8, 16, torch.float32)
     torch.library.opcheck(torch.ops.rapid.linear.default, (x, w, b), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled extension")
+@pytest.mark.parametrize("isa", cpu_isa_params())
+@pytest.mark.parametrize("n,k", [(97, 1025), (130, 64), (48, 1536)])
+def test_bf16_every_path_is_batch_invariant_up_to_33_rows(force_isa, isa, n, k):
+    """bf16 on each path (AMX tiles, vdpbf16ps, FMA): M = 1 .. 33 rows give row m the bits of M = 1, and the
+    error vs float64 is at most twice torch's bf16 F.linear's (fp32 accumulation of exact bf16 products)."""
+    force_isa(isa)
+    x, w, b = _inputs(33, n, k, torch.bfloat16, seed=3)
+    singles = torch.cat([linear(x[i:i + 1], w, b, backend="cpu") for i in range(33)])
+    for m in (2, 5, 11, 16, 17, 31, 32, 33):
+        assert torch.equal(linear(x[:m], w, b, backend="cpu"), singles[:m]), f"{isa} M={m} n={n} k={k}"
+    assert torch.equal(linear(x[7:18], w, b, backend="cpu"), singles[7:18])
+    exact = x.double() @ w.double().T + b.double()
+    torch_err = (F.linear(x, w, b).double() - exact).abs().max().item()
+    err = (singles.double() - exact).abs().max().item()
+    assert err <= 2 * torch_err + 1e-6 * exact.abs().max().item(), f"{isa}: {err} vs torch {torch_err}"
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled extension")
+def test_best_path_is_the_default():
+    """A CPU with AMX runs amx, one with AVX512-BF16 avx512bf16, unless RAPID_CPU_ISA says otherwise."""
+    import os
+    from rapid_engine import _ext
+    if os.environ.get("RAPID_CPU_ISA", "auto") not in ("", "auto"):
+        pytest.skip("RAPID_CPU_ISA is set for this run")
+    flags = _cpu_flags()
+    want = "amx" if {"amx_tile", "amx_bf16", "amx_int8", "avx512_bf16"} <= flags else \
+        "avx512bf16" if {"avx512f", "avx512_bf16", "avx512_vnni"} <= flags else None
+    if want is None:
+        pytest.skip("CPU lacks avx512_bf16")
+    got = _ext.cpu_isa()
+    assert got == want or (want == "amx" and got == "avx512bf16"), got  # amx only if the OS grants the tile state

@@ -4,6 +4,7 @@
 #include "ops.h"
 #include "rapid/cpu_isa.h"
 #include "rapid/linear.h"
+#include "rapid/linear_bf16.h"
 
 namespace rapid {
 
@@ -24,6 +25,41 @@ void run(Isa path, const at::Tensor& x2d, const at::Tensor& w, const c10::option
     linear::small_m_rows<T>(path, xp, ldx, wp, bp, yp, M, N, K, t0 * linear::kTileN,
                             std::min(N, t1 * linear::kTileN));
   });
+}
+// bf16 weights on the bf16 dot-product units. AMX: x is packed once for all threads; threads split the weight
+// rows in whole 16-row blocks, each configures its tiles and releases them after.
+void run_bf16(Isa path, const at::Tensor& x2d, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+              at::Tensor& y) {
+  using linear::Bf16;
+  namespace bd = linear::bf16dot;
+  const int64_t M = x2d.size(0), K = x2d.size(1), N = w.size(0);
+  const Bf16* xp = reinterpret_cast<const Bf16*>(x2d.data_ptr());
+  const Bf16* wp = reinterpret_cast<const Bf16*>(w.data_ptr());
+  const Bf16* bp = bias.has_value() ? reinterpret_cast<const Bf16*>(bias->data_ptr()) : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t ldx = x2d.stride(0);
+#if RAPID_X86
+  if (path == Isa::kAmx) {
+    auto packed = at::empty({bd::packed_x_words(M, K)}, x2d.options().dtype(at::kInt));
+    uint32_t* xpack = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+    bd::pack_x(xp, ldx, M, K, xpack);
+    constexpr int64_t kGroup = bd::kRows;
+    const int64_t groups = (N + kGroup - 1) / kGroup;
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      bd::rows_amx_thread(xpack, wp, bp, yp, M, N, K, g0 * kGroup, std::min(N, g1 * kGroup));
+    });
+    return;
+  }
+  if (path == Isa::kAvx512Bf16) {
+    const int64_t tiles = (N + linear::kTileN - 1) / linear::kTileN;
+    const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(K, 1));
+    at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+      bd::rows_dpbf16(xp, ldx, wp, bp, yp, M, N, K, t0 * linear::kTileN, std::min(N, t1 * linear::kTileN));
+    });
+    return;
+  }
+#endif
+  run<Bf16>(path, x2d, w, bias, y);
 }
 }  // namespace
 
@@ -57,7 +93,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
     if (dt == at::kFloat)
       run<float>(path, x2d, w, b, y);
     else if (dt == at::kBFloat16)
-      run<linear::Bf16>(path, x2d, w, b, y);
+      run_bf16(path, x2d, w, b, y);
     else
       run<linear::Fp16>(path, x2d, w, b, y);
   }
