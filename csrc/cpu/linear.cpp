@@ -45,7 +45,8 @@ void run_bf16(Isa path, const at::Tensor& x2d, const at::Tensor& w, const c10::o
     bd::pack_x(xp, ldx, M, K, xpack);
     constexpr int64_t kGroup = bd::kRows;
     const int64_t groups = (N + kGroup - 1) / kGroup;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t grain = std::max<int64_t>(1, (1 << 17) / (kGroup * K * 2));  // >= ~128 KiB of weights a task
+    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       bd::rows_amx_thread(xpack, wp, bp, yp, M, N, K, g0 * kGroup, std::min(N, g1 * kGroup));
     });
     return;
