@@ -40,7 +40,7 @@ def matmul_probe():
 
 def _median_ratio(times: dict, num: str, den) -> float:
     """Median over rounds of times[num][i] / den[i] (den: a name in times or a per-round list)."""
-    d = times[den] if isinstance(den, str) else den
+    d = den if isinstance(den, list) else times[den]
     return statistics.median(a / b for a, b in zip(times[num], d))
 
 
@@ -103,7 +103,7 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_probe, model, 
     reps = 3 if S >= 65536 else 6
     flops = 4 * qh * nq * S * D  # Q.K and P.V
     times = {name: [] for name in fns}
-    floors = {f: [] for f in FORMATS}  # per round: max(bytes / that round's bandwidth, flops / its matmul rate)
+    floors = {}
     bws, rates = [], []
     for _ in range(ROUNDS):
         bws.append(roofline.read_gbs())
@@ -111,12 +111,13 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_probe, model, 
         t = rl.time_interleaved(fns, warmup=1, reps=reps)
         for name in fns:
             times[name].append(t[name])
-        for f in FORMATS:
-            floors[f].append(max(nbytes[f] / (bws[-1] * 1e9), flops / (rates[-1] * 1e9)))
+    roof = matmul_probe.best()  # the run's best bf16 matmul rate: the compute roof
+    for f in FORMATS:  # per round: max(bytes / that round's bandwidth, flops / the compute roof)
+        floors[f] = [max(nbytes[f] / (bw * 1e9), flops / (roof * 1e9)) for bw in bws]
     benchmark.pedantic(fns["bf16"], rounds=reps, iterations=1)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     row = report(
-        model=model, S=S, n_query=nq, read_gbs=statistics.median(bws), matmul_gflops=statistics.median(rates),
+        model=model, S=S, n_query=nq, read_gbs=statistics.median(bws), matmul_gflops=roof,
         **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
         **{f"{f}_gbs": nbytes[f] / med[f] / 1e9 for f in FORMATS},
         **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
@@ -127,6 +128,66 @@ def test_verify_attention_cpu(benchmark, report, roofline, matmul_probe, model, 
     )
     print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     assert all(t > 0 for t in med.values())
+
+
+ISSUE18_HEADS = {"llama3.1-8b": (32, 8, 128), "qwen2.5-1.5b": (12, 2, 128)}
+
+
+def _isas():
+    """CPU paths to compare: the default (amx where present) and the exact-fp32 avx512 path."""
+    best = _ext.cpu_isa()
+    order = ["avx512", "avx512bf16", "amx"]
+    return order[: order.index(best) + 1] if best in order else [best]
+
+
+@pytest.mark.parametrize("S", [16384, 65536])
+@pytest.mark.parametrize("model", list(ISSUE18_HEADS))
+def test_verify_attention_cpu_query_scaling(benchmark, report, roofline, matmul_probe, model, S, monkeypatch):
+    """Issue 18: verifying 11 tokens should cost about one decode step. bf16 KV; per CPU path (RAPID_CPU_ISA),
+    1 and 11 queries timed round-robin with a read-bandwidth sample before each round: the 11/1 time ratio
+    (target <= 1.5x on amx, <= 2.5x on avx512bf16), the one-query read fraction (>= 0.7), and each time over
+    its floor max(bytes / bandwidth, flops / the run's best bf16 matmul rate)."""
+    qh, kvh, D = ISSUE18_HEADS[model]
+    bf16_bytes = 2 * kvh * S * D * 2
+    pool = _pool(kvh, D, S, max(1, math.ceil(WORKING_SET / bf16_bytes)))
+    caches = [(ops.QuantizedKV(k, None, None, "bf16"), ops.QuantizedKV(v, None, None, "bf16")) for k, v in pool]
+    sl = torch.tensor([S], dtype=torch.int32)
+    qs = {nq: torch.randn(1, nq, qh, D).to(torch.bfloat16) for nq in (1, 11)}
+    isas = _isas()
+
+    def call(isa, nq):
+        def fn(k, v):
+            monkeypatch.setenv("RAPID_CPU_ISA", isa)
+            ops.verify_attention(qs[nq], k, v, sl, backend="cpu")
+        return _rotating(fn, caches)
+    fns = {(isa, nq): call(isa, nq) for isa in isas for nq in (1, 11)}
+    reps = 3 if S >= 65536 else 6
+    times = {name: [] for name in fns}
+    bws = []
+    for _ in range(ROUNDS):
+        bws.append(roofline.read_gbs())
+        matmul_probe.gflops()
+        t = rl.time_interleaved(fns, warmup=1, reps=reps)
+        for name in fns:
+            times[name].append(t[name])
+    monkeypatch.delenv("RAPID_CPU_ISA", raising=False)
+    benchmark.pedantic(fns[(isas[-1], 11)], rounds=2, iterations=1)
+    roof = matmul_probe.best()
+    nbytes = bf16_bytes + 2 * 11 * qh * D * 2
+    figures = {}
+    for isa in isas:
+        for nq in (1, 11):
+            ts = times[(isa, nq)]
+            floor = [max(nbytes / (bw * 1e9), 4 * qh * nq * S * D / (roof * 1e9)) for bw in bws]
+            figures[f"{isa}_nq{nq}_ms"] = statistics.median(ts) * 1e3
+            figures[f"{isa}_nq{nq}_over_floor"] = statistics.median(a / b for a, b in zip(ts, floor))
+        figures[f"{isa}_nq11_over_nq1"] = _median_ratio(times, (isa, 11), (isa, 1))
+        figures[f"{isa}_nq1_read_fraction"] = statistics.median(
+            bf16_bytes / t / 1e9 / bw for t, bw in zip(times[(isa, 1)], bws))
+    row = report(model=model, S=S, kv_dtype="bf16", read_gbs=statistics.median(bws), matmul_gflops_best=roof,
+                 **figures)
+    print("\n" + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    assert all(v > 0 for v in figures.values())
 
 
 MIXED = {"llama3.1-8b": [8192, 512, 512, 512], "smollm2": [16384, 1024]}  # one decode call, unequal lengths
@@ -210,14 +271,14 @@ def test_verify_attention_cpu_prefill(benchmark, report, matmul_probe, model):
     rates, floors = [], []
     for _ in range(ROUNDS):
         rates.append(matmul_probe.gflops())
-        floors.append(flops / (rates[-1] * 1e9))
         t = rl.time_interleaved(fns, warmup=1, reps=3)
         for name in fns:
             times[name].append(t[name])
+    floors = [flops / (matmul_probe.best() * 1e9)] * ROUNDS  # the run's best matmul rate: the compute roof
     benchmark.pedantic(fns["bf16"], rounds=3, iterations=1)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     row = report(
-        model=model, S=S, n_query=nq, matmul_gflops=statistics.median(rates),
+        model=model, S=S, n_query=nq, matmul_gflops=matmul_probe.best(),
         **{f"{f}_ms": med[f] * 1e3 for f in FORMATS}, sdpa_ms=med["sdpa"] * 1e3,
         **{f"{f}_gflops": flops / med[f] / 1e9 for f in FORMATS},
         **{f"{f}_over_floor": _median_ratio(times, f, floors) for f in FORMATS},

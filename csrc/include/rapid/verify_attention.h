@@ -96,6 +96,12 @@ struct Params {
 struct Scratch {
   std::vector<float> tile_buf, P_buf, alpha_buf, kscale_buf, vscale_buf;
   float *tile, *P, *alpha, *kscale, *vscale;
+  // bf16-arithmetic cores: their own buffers (grown on demand), the query rows' generation (bumped by run()
+  // whenever it rewrites the rows, so a core packs them once per (b, h) rather than once per split), and the
+  // factor of the scores (their rows come unscaled so that bf16 q is used as given).
+  std::vector<uint8_t> wide;
+  uint64_t rows_gen = 0, packed_gen = ~uint64_t(0);
+  float score_scale = 1.f;
   Scratch(int rows, int Dp)
       : tile_buf(static_cast<size_t>(kBlock) * Dp + 16), P_buf(static_cast<size_t>(rows) * kBlock + 16),
         alpha_buf(rows), kscale_buf(kBlock + 16), vscale_buf(kBlock + 16) {
@@ -380,10 +386,33 @@ struct Vec {
 #include "rapid/verify_attention_wide.inc"
 }  // namespace avx512
 #pragma GCC pop_options
+
+// ---------------------------------------------------------------- AMX-BF16 path (tiles)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
+namespace amx {
+#include "rapid/verify_attention_amx.inc"
+}  // namespace amx
+#pragma GCC pop_options
 #endif  // RAPID_X86
 
+// Whether (isa, format, D) runs a bf16-arithmetic core (query rows unscaled, Scratch::score_scale applied to
+// the scores). A function of the path, the format and D only.
+inline bool bf16_core(Isa isa, KvFormat f, int64_t D) {
+#if RAPID_X86
+  return isa == Isa::kAmx && amx_permitted() && amx::supports(f, static_cast<int>(D));
+#else
+  (void)isa, (void)f, (void)D;
+  return false;
+#endif
+}
+
 template <KvFormat F>
-inline SplitFn split_fn_for(Isa isa) {
+inline SplitFn split_fn_for(Isa isa, int64_t D) {
+#if RAPID_X86
+  if (bf16_core(isa, F, D)) return &amx::attend_split<F>;
+#endif
+  (void)D;
   isa = vector_isa(isa);
 #if RAPID_X86
   if (isa == Isa::kAvx512) return &avx512::attend_split_fast<F>;
@@ -393,14 +422,14 @@ inline SplitFn split_fn_for(Isa isa) {
   return &scalar::attend_split<F>;
 }
 
-inline SplitFn split_fn(Isa isa, KvFormat f) {
+inline SplitFn split_fn(Isa isa, KvFormat f, int64_t D) {
   switch (f) {
-    case KvFormat::kF32: return split_fn_for<KvFormat::kF32>(isa);
-    case KvFormat::kBF16: return split_fn_for<KvFormat::kBF16>(isa);
-    case KvFormat::kF16: return split_fn_for<KvFormat::kF16>(isa);
-    case KvFormat::kInt8: return split_fn_for<KvFormat::kInt8>(isa);
-    case KvFormat::kFp8: return split_fn_for<KvFormat::kFp8>(isa);
-    default: return split_fn_for<KvFormat::kInt4>(isa);
+    case KvFormat::kF32: return split_fn_for<KvFormat::kF32>(isa, D);
+    case KvFormat::kBF16: return split_fn_for<KvFormat::kBF16>(isa, D);
+    case KvFormat::kF16: return split_fn_for<KvFormat::kF16>(isa, D);
+    case KvFormat::kInt8: return split_fn_for<KvFormat::kInt8>(isa, D);
+    case KvFormat::kFp8: return split_fn_for<KvFormat::kFp8>(isa, D);
+    default: return split_fn_for<KvFormat::kInt4>(isa, D);
   }
 }
 
@@ -418,11 +447,13 @@ __attribute__((noinline)) inline void fold_split(float* M, float* L, float* O, f
   *M = mn;
 }
 
-// Rows [r0, r0+nr) of (b, h): fp32 query rows pre-scaled by sm_scale*log2(e), zero-padded to Dp;
+// Rows [r0, r0+nr) of (b, h): fp32 query rows pre-scaled by sm_scale*log2(e) (unscaled for the bf16 cores),
+// zero-padded to Dp;
 // nkeys[r] = keys row r sees = seqlen - n_query + i + 1 (query i = row / group).
-inline void prepare_rows(const Params& p, int64_t b, int64_t h, int r0, int nr, int Dp, float* rows, int64_t* nkeys) {
+inline void prepare_rows(const Params& p, int64_t b, int64_t h, int r0, int nr, int Dp, bool prescale, float* rows,
+                         int64_t* nkeys) {
   const int64_t G = p.q_heads / p.kv_heads;
-  const float c = p.sm_scale * 1.4426950408889634f;
+  const float c = prescale ? p.sm_scale * 1.4426950408889634f : 1.f;
   for (int r = 0; r < nr; ++r) {
     const int64_t i = (r0 + r) / G, g = (r0 + r) % G;
     const float* src = p.q + ((b * p.n_query + i) * p.q_heads + h * G + g) * p.D;
@@ -443,7 +474,9 @@ inline void write_rows(const Params& p, int64_t b, int64_t h, int r0, int nr, in
 }
 
 inline void run(const Params& p, Isa isa) {
-  const SplitFn attend = split_fn(isa, p.fmt);
+  const SplitFn attend = split_fn(isa, p.fmt, p.D);
+  const bool prescale = !bf16_core(isa, p.fmt, p.D);
+  const float score_scale = prescale ? 1.f : p.sm_scale * 1.4426950408889634f;
   const int Dp = static_cast<int>((p.D + 15) / 16 * 16);
   const int R = static_cast<int>(p.n_query * (p.q_heads / p.kv_heads));
   const int64_t BH = p.B * p.kv_heads;
@@ -491,6 +524,7 @@ inline void run(const Params& p, Isa isa) {
       runs[me].next.store(run_start(me), std::memory_order_relaxed);
       runs[me].end = me + 1 == nt ? T : run_start(me + 1);
       Scratch sc(R, Dp);
+      sc.score_scale = score_scale;
       std::vector<float> rows(static_cast<size_t>(R) * Dp);
       std::vector<int64_t> nkeys(R);
       int64_t rows_of = -1;
@@ -502,7 +536,7 @@ inline void run(const Params& p, Isa isa) {
           std::fill(m, m + R, -std::numeric_limits<float>::infinity());
           return;
         }
-        if (rows_of != bh) prepare_rows(p, b, h, 0, R, Dp, rows.data(), nkeys.data()), rows_of = bh;
+        if (rows_of != bh) prepare_rows(p, b, h, 0, R, Dp, prescale, rows.data(), nkeys.data()), rows_of = bh, ++sc.rows_gen;
         attend(rows.data(), R, nkeys.data(), kv_head(p.k, b, h, p.seqlens[b]), kv_head(p.v, b, h, p.seqlens[b]), s0,
                s1, static_cast<int>(p.D), Dp, &sc, m, pl + task * R, pacc + task * R * Dp);
       };
@@ -534,6 +568,7 @@ inline void run(const Params& p, Isa isa) {
 #pragma omp parallel
   {
     Scratch sc(kRowBlock, Dp);
+    sc.score_scale = score_scale;
     std::vector<float> rows(static_cast<size_t>(kRowBlock) * Dp), m(kRowBlock), l(kRowBlock),
         acc(static_cast<size_t>(kRowBlock) * Dp), M(kRowBlock), L(kRowBlock), O(static_cast<size_t>(kRowBlock) * Dp);
     std::vector<int64_t> nkeys(kRowBlock);
@@ -542,7 +577,8 @@ inline void run(const Params& p, Isa isa) {
       const int64_t bh = task / nrb, b = bh / p.kv_heads, h = bh % p.kv_heads;
       const int r0 = static_cast<int>((task % nrb) * kRowBlock);
       const int nr = std::min(kRowBlock, R - r0);
-      prepare_rows(p, b, h, r0, nr, Dp, rows.data(), nkeys.data());
+      prepare_rows(p, b, h, r0, nr, Dp, prescale, rows.data(), nkeys.data());
+      ++sc.rows_gen;
       std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
       std::fill(L.begin(), L.end(), 0.f);
       std::fill(O.begin(), O.end(), 0.f);
