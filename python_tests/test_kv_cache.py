@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import available_backends
-from rapid_engine import ops
+from rapid_engine import _ext, ops
 from rapid_engine.kv_cache import KVCache
 
 BACKENDS = [b for b in available_backends("cpu") if b != "triton"] + (
@@ -38,7 +38,7 @@ def test_write_equals_quantize(backend, kv_dtype):
                     assert torch.equal(_bytes(a[:, :, :S]), _bytes(b))
 
 
-def test_model_call_pattern_and_rollback():
+def test_model_call_pattern_and_rollback(monkeypatch):
     """write -> verify_attention over layer(i) with seqlens(n) -> advance; truncate rejects drafts."""
     B, H, D, qh = 1, 2, 64, 4
     cache = KVCache(1, B, H, 64, D, "int8")
@@ -51,6 +51,11 @@ def test_model_call_pattern_and_rollback():
     out = ops.verify_attention(q, *cache.layer(0), cache.seqlens(4))
     assert torch.equal(cache.seqlens(4), torch.tensor([14], dtype=torch.int32))
     kq, vq = ops.quantize_kv(ks[:, :, :14], "int8"), ops.quantize_kv(vs[:, :, :14], "int8")
+    # the default CPU path (bf16 tiles on AMX machines) reads the cache as it reads a fresh quantization, bit for bit
+    assert torch.equal(out, ops.verify_attention(q, kq, vq, cache.seqlens(4)))
+    if _ext.HAS_EXT:  # the exact-fp32 path against the torch fp32 path
+        monkeypatch.setenv("RAPID_CPU_ISA", "avx512" if _ext.cpu_isa() in ("amx", "avx512bf16") else _ext.cpu_isa())
+        out = ops.verify_attention(q, *cache.layer(0), cache.seqlens(4))
     assert torch.allclose(out, ops.verify_attention(q, kq, vq, cache.seqlens(4), backend="torch"), atol=1e-5)
     cache.length += 4
     cache.truncate(12)  # two drafts rejected
