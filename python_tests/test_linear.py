@@ -83,16 +83,20 @@ def test_opcheck():
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled extension")
 @pytest.mark.parametrize("isa", cpu_isa_params())
-@pytest.mark.parametrize("n,k", [(97, 1025), (130, 64), (48, 1536)])
+@pytest.mark.parametrize("n,k", [(97, 1025), (130, 64), (48, 1536), (3, 31), (7, 45), (10, 577)])
 def test_bf16_every_path_is_batch_invariant_up_to_33_rows(force_isa, isa, n, k):
     """bf16 on each path (AMX tiles, vdpbf16ps, FMA): M = 1 .. 33 rows give row m the bits of M = 1, and the
     error vs float64 is at most twice torch's bf16 F.linear's (fp32 accumulation of exact bf16 products)."""
     force_isa(isa)
     x, w, b = _inputs(33, n, k, torch.bfloat16, seed=3)
     singles = torch.cat([linear(x[i:i + 1], w, b, backend="cpu") for i in range(33)])
-    for m in (2, 5, 11, 16, 17, 31, 32, 33):
+    for m in range(2, 34):  # every row-group split of the vdpbf16ps path (groups of <= 6 rows)
         assert torch.equal(linear(x[:m], w, b, backend="cpu"), singles[:m]), f"{isa} M={m} n={n} k={k}"
     assert torch.equal(linear(x[7:18], w, b, backend="cpu"), singles[7:18])
+    wide = torch.zeros(33, k + 5, dtype=torch.bfloat16)  # rows ldx > K apart, NaN past each row's end
+    wide[:, k:] = float("nan")
+    wide[:, :k] = x
+    assert torch.equal(linear(wide[:11, :k], w, b, backend="cpu"), singles[:11])
     exact = x.double() @ w.double().T + b.double()
     torch_err = (F.linear(x, w, b).double() - exact).abs().max().item()
     err = (singles.double() - exact).abs().max().item()
