@@ -59,11 +59,26 @@ def test_greedy_speculation_emits_exactly_lc(engine, gamma):
 
 
 def test_rag_is_lc_on_the_retrieved_context(engine):
-    retrieved = engine.retriever(64).build_context(CONTEXT, QUESTION, budget_tokens=256, threshold=0.3)
+    retrieved = engine.retriever(64).build_context(CONTEXT, QUESTION, budget_tokens=256)  # the embedder's threshold
     assert 0 < len(retrieved) < len(CONTEXT)
     rag = gen(engine, "rag")
     lc = engine.generate(retrieved, QUESTION, mode="lc", max_new_tokens=24)
     assert rag.token_ids == lc.token_ids and rag.stats["prompt_tokens"] == lc.stats["prompt_tokens"]
+
+
+def test_retrieval_threshold_defaults_to_the_embedders_own(engine):
+    # The hashing embedder's default (0.2) applies unless the caller sets one; at 32-token chunks and a 1024-token
+    # budget this context retrieves more at 0.2 than at 0.3, so the two settings are told apart.
+    assert HashingEmbedder.default_threshold == 0.2
+    retriever = engine.retriever(32)
+    at = {th: retriever.build_context(CONTEXT, QUESTION, budget_tokens=1024, threshold=th) for th in (0.2, 0.3)}
+    assert len(at[0.2]) > len(at[0.3]) > 0
+    for threshold, expected in ((None, at[0.2]), (0.3, at[0.3])):
+        kw = {} if threshold is None else {"threshold": threshold}
+        rag = engine.generate(CONTEXT, QUESTION, mode="rag", max_new_tokens=1, retrieval_tokens=1024, chunk_tokens=32,
+                              **kw)
+        lc = engine.generate(expected, QUESTION, mode="lc", max_new_tokens=1)
+        assert rag.stats["prompt_tokens"] == lc.stats["prompt_tokens"], threshold
 
 
 def test_document_cache_skips_the_prefill_and_changes_nothing(engine, tmp_path):

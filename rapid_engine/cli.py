@@ -10,20 +10,15 @@ Each subcommand is one function registered with @subcommand: the decorator adds 
         ...
         return 0
 
-A subcommand defined in another module registers the same way once that module is listed in
-_PLUGIN_MODULES. Expected failures (ValueError, OSError, AssetError) print one line and exit 2.
+Expected failures (ValueError, OSError, AssetError) print one line and exit 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Callable
 
 _COMMANDS: dict = {}  # name -> (fn, help, [(args, kwargs), ...])
-
-# Modules that register subcommands on import (owned by other parts of the engine).
-_PLUGIN_MODULES: list = []
 
 
 def arg(*names, **kwargs):
@@ -83,8 +78,10 @@ def _generate_args():
 def _generate(args) -> int:
     import torch
 
+    from rapid_engine.generation import TextTracker
     from rapid_engine.models import load_model
-    from rapid_engine.sampling import check_sampling, generate_ids
+    from rapid_engine.ops.sampling import check_sampling_params
+    from rapid_engine.sampling import generate_ids
 
     if args.context:
         from rapid_engine.cli_engine import answer_question
@@ -92,7 +89,7 @@ def _generate(args) -> int:
         return answer_question(args)
     if args.prompt is None:
         raise ValueError("generate needs --prompt TEXT (or --context FILE --question TEXT)")
-    check_sampling(args.temperature, args.top_k, args.top_p)
+    check_sampling_params(args.temperature, args.top_k, args.top_p)
     model = load_model(args.model, dtype=args.dtype)
     tok = model.tokenizer
     if tok is None:
@@ -101,19 +98,16 @@ def _generate(args) -> int:
     if tok.chat_template and not args.raw:
         text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
     ids = tok.encode(text)
-    out, shown = [], ""
+    text_out = TextTracker(tok, eos_ids=tok.eos_token_ids, stop=None, max_new_tokens=args.max_new_tokens)
     with torch.inference_mode():
         for token in generate_ids(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, kv_dtype=args.kv_dtype):
-            if token in tok.eos_token_ids:
+            text_out.add([token])
+            sys.stdout.write(text_out.ready_text())  # holds back a partial UTF-8 character
+            sys.stdout.flush()
+            if text_out.finish_reason is not None:
                 break
-            out.append(token)
-            text_now = tok.decode(out)
-            if not text_now.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                sys.stdout.write(text_now[len(shown):])
-                sys.stdout.flush()
-                shown = text_now
-    sys.stdout.write(tok.decode(out)[len(shown):] + "\n")
+    sys.stdout.write(text_out.text[text_out.emitted:] + "\n")  # whatever was still held back
     return 0
 
 
@@ -131,13 +125,7 @@ def _demo(args) -> int:
     return demo(args)
 
 
-def _load_plugins() -> None:
-    for module in _PLUGIN_MODULES:
-        importlib.import_module(module)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
     parser = argparse.ArgumentParser(
         prog="rapid-engine", description="RAPID: retrieval-augmented speculative decoding over long documents")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

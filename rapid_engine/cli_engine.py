@@ -1,8 +1,8 @@
 """The engine's side of the `rapid-engine` command: `generate --context FILE --question TEXT` and `demo`.
 
 cli.py registers the subcommands: `generate` (plain `--prompt` generation) takes ENGINE_ARGS too and hands over
-to `answer_question` when --context is given; `demo` takes DEMO_ARGS and runs `demo`. This module imports
-nothing heavy at load time, so `rapid-engine --help` stays fast.
+to `answer_question` when --context is given; `demo` takes DEMO_ARGS and runs `demo`. The modes and KV formats
+are the engine's and the ops' own lists.
 """
 from __future__ import annotations
 
@@ -10,21 +10,22 @@ import json
 import sys
 import time
 
+from rapid_engine.engine import MODES
+from rapid_engine.ops import KV_DTYPES
+
 
 def arg(*names, **kwargs):
     """One argparse argument, as cli.arg builds it."""
     return names, kwargs
 
 
-KV_DTYPES = ["fp32", "bf16", "fp16", "int8", "int4", "fp8"]
-
 ENGINE_ARGS = (
     arg("--context", metavar="FILE", help="document to answer questions about (text file); needs --question"),
     arg("--question", help="question about --context"),
     arg("--drafter", metavar="DIR", help="separate drafter model folder (same tokenizer); default: self-speculation"),
-    arg("--mode", choices=["lc", "rag", "sd", "rapid"], default="rapid",
+    arg("--mode", choices=list(MODES), default="rapid",
         help="rapid (default), sd (eta=0), rag (target on retrieved chunks), lc (target on the whole document)"),
-    arg("--kv-dtype", default="bf16", choices=KV_DTYPES, help="target KV cache format (default bf16)"),
+    arg("--kv-dtype", default="bf16", choices=list(KV_DTYPES), help="target KV cache format (default bf16)"),
     arg("--gamma", default="auto", help="draft length, or 'auto' (cost model; default)"),
     arg("--eta", type=float, default=None, help="RAPID shift; default 10 when sampling, 1 when greedy"),
     arg("--retrieval-tokens", type=int, default=None, help="drafter's context budget (default max(4096, L/24))"),
@@ -83,7 +84,6 @@ def answer_question(args) -> int:
     return 0
 
 
-DEMO_HELP = "plant a fact in a long real text, ask about it; lc and rapid answers and speeds side by side"
 DEMO_ARGS = (
     arg("--model", default="smollm2", help="smollm2 (default), qwen-coder, or a model folder"),
     arg("--context-file", default=None, help="use this text instead of the King James Bible"),
@@ -91,7 +91,7 @@ DEMO_ARGS = (
     arg("--max-new-tokens", type=int, default=48),
     arg("--retrieval-tokens", type=int, default=1024,
         help="drafter context budget (default 1024: on a CPU the drafter must read far less than the target)"),
-    arg("--kv-dtype", default="bf16", choices=KV_DTYPES),
+    arg("--kv-dtype", default="bf16", choices=list(KV_DTYPES)),
     arg("--cache-dir", default=None),
 )
 

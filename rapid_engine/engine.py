@@ -90,7 +90,7 @@ class RapidEngine:
     def generate(self, context: str, question: str, *, mode: str = "rapid", max_new_tokens: int = 256,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, gamma="auto", eta=None,
                  residual: str = "exact", retrieval_tokens: int | None = None, chunk_tokens: int = 512,
-                 threshold: float = 0.3, stop=None, strict: bool = False, seed: int | None = None,
+                 threshold: float | None = None, stop=None, strict: bool = False, seed: int | None = None,
                  stream: bool = False, progress: bool | None = False, ignore_eos: bool = False):
         """Answer `question` about `context`. Returns a GenerationResult, or with stream=True a GenerationStream
         of text pieces whose `result` is set once exhausted. Everything that can be refused (arguments, prompt

@@ -99,10 +99,9 @@ std::tuple<at::Tensor, at::Tensor> spec_sample_cuda(const at::Tensor& target_log
   const int64_t o_sb = take(U * ns_small * 4), o_sl = take(U * ns_small * 4);
   const int64_t o_cand = take(U * cap * static_cast<int64_t>(sizeof(Cand)));
   // Per-slice lists of the histogram blocks (a sixteenth of a slice, at least 256 tokens): when they hold every
-  // candidate, the gather pass (a third read of the logits) is skipped. Off by default: on an H200 (run 2,
-  // randn * 3 logits, top-p 0.9) writing the lists cost the histogram blocks more than the gather pass costs
-  // (B8 gamma10 V152K: 342 us with lists, 311 us with the gather). RAPID_SPEC_SAMPLE_LISTS=1 turns them on
-  // (the GPU check runs both).
+  // candidate, the gather pass (a third read of the logits) is skipped. Off by default: writing the lists costs
+  // the histogram blocks more than the gather pass (docs/BENCHMARKS.md, H200). RAPID_SPEC_SAMPLE_LISTS=1 turns
+  // them on (the GPU check runs both).
   const bool use_local = use_hist && std::getenv("RAPID_SPEC_SAMPLE_LISTS") != nullptr;
   const int64_t local_cap = std::max<int64_t>(slice / 16, 256);
   const int64_t o_local = take(use_local ? U * ns * local_cap * static_cast<int64_t>(sizeof(Cand)) : 0);

@@ -40,9 +40,8 @@ int blocks_per_sm() {
   return v >= 1 && v <= 64 ? v : 2;
 }
 
-// Keys per split: a power-of-two multiple of 256 giving about 2 blocks per SM (H200 sweep, S 32K, both
-// tensor-core kernels, bf16 and int4, 1 and 11 queries: 2 per SM beat 4 and 8 by 15-50%: each block's
-// fixed costs amortize over more keys). Depends only on (S_max, B, kv_heads, SM count), so decode
+// Keys per split: a power-of-two multiple of 256 giving about 2 blocks per SM (fewer, longer blocks amortize
+// each block's fixed costs: docs/BENCHMARKS.md, H200). Depends only on (S_max, B, kv_heads, SM count), so decode
 // results do not change with n_query (batch invariance).
 int choose_split_size(int64_t s_max, int64_t B, int64_t kv_heads, int64_t n_query, int device) {
   int64_t split = 256;
@@ -67,10 +66,9 @@ void launch_merge(const cuda::VerifyParams& p, int B, cudaStream_t stream) {
 // Tensor-core kernel variant, RAPID_CUDA_VERIFY_KERNEL=staged|quarters|direct (read each call; default
 // staged; rapid/verify_attention_mma.cuh describes them). staged and quarters load each 64-key step once
 // into shared memory for all row tiles of the block; staged computes a tile with one warp, quarters with
-// 4 (a quarter of the one-query chain; H100 Llama heads, S 32K / 64K: bf16 0.97x / 0.96x and int8
-// 0.76x / 0.72x the staged time at one query, 1.57x at 11, so it suits plain decoding). direct streams
-// K/V from global memory into mma fragments per warp, one m16 row tile per block (1.08x / 1.13x the
-// staged time at one query, 1.59x / 1.47x at 11). Each keeps a row's result independent of n_query; they
+// 4 (a quarter of the one-query chain: faster at one query, slower at 11, so it suits plain decoding).
+// direct streams K/V from global memory into mma fragments per warp, one m16 row tile per block (slower
+// than staged at 1 and 11 queries; timings: docs/BENCHMARKS.md, H100). Each keeps a row's result independent of n_query; they
 // differ from each other in the last bits.
 enum class MmaKernel { kStaged, kQuarters, kDirect };
 MmaKernel mma_kernel() {

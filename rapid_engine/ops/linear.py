@@ -70,8 +70,8 @@ def linear_fn(device: torch.device):
 
     CPU: the batch-invariant kernel (or row-by-row torch without the extension), so speculative greedy
     decoding emits exactly the tokens of plain decoding. CUDA: cuBLAS on all rows at once. Row-by-row
-    would read the weights once per verified token (an H200 run measured an 11-token verify step at
-    2.7x a decode step that way); GPU greedy decoding is therefore exact only up to GEMM rounding.
+    would read the weights once per verified token (an 11-token verify step would cost several decode
+    steps); GPU greedy decoding is therefore exact only up to GEMM rounding.
     """
     device = torch.device(device)
     if device.type == "cuda":

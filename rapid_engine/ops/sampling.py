@@ -57,18 +57,24 @@ def check_spec_args(target_logits, draft_tokens, draft_probs, temperature, top_k
                              f"{tuple(getattr(draft_probs, 'shape', ()))}")
         if draft_probs.device != dev:
             raise ValueError(f"spec_sample: draft_probs is on {draft_probs.device}, target_logits on {dev}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"spec_sample: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-        raise ValueError(f"spec_sample: top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"spec_sample: top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    check_sampling_params(temperature, top_k, top_p, who="spec_sample: ")
     if not (isinstance(eta, (int, float)) and math.isfinite(eta)):
         raise ValueError(f"spec_sample: eta must be a finite number, got {eta!r}")
     if not (isinstance(tail_alpha, (int, float)) and 0.0 <= tail_alpha <= 1.0):
         raise ValueError(f"spec_sample: tail_alpha must be in [0, 1] (0 = off), got {tail_alpha!r}")
     if residual not in RESIDUALS:
         raise ValueError(f"spec_sample: residual must be one of {RESIDUALS}, got {residual!r}")
+
+
+def check_sampling_params(temperature, top_k, top_p, *, who: str = "") -> None:
+    """ValueError naming the setting when temperature / top_k / top_p is out of range (`who` prefixes the message);
+    every layer that takes sampling settings (this op, plain decoding, the engine, the CLI) checks with this."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"{who}temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        raise ValueError(f"{who}top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"{who}top_p must be in (0, 1] (1 = off), got {top_p!r}")
 
 
 def check_draft_ids(draft_tokens: torch.Tensor, V: int) -> None:

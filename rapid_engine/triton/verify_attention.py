@@ -222,8 +222,7 @@ def choose_split_size(s_max: int, batch: int, kv_heads: int, n_query: int, devic
 def decode_config(kv_dtype: str, head_dim: int) -> tuple:
     """(BLOCK_N, num_warps, num_stages) of the split kernel on a GPU. Independent of n_query and
     seqlens, so a row's result does not depend on the other rows of the call."""
-    # H200 sweeps (GPU runs 1-2, S 32K, one query): bf16 / int8 best or within noise of the best of 7
-    # configs with (64, 4, 3); int4 (64, 4, 2).
+    # The best (or within noise of the best) of 7 configs in an H200 sweep at S 32K, one query.
     if kv_dtype == "int4":
         return 64, 4, 2
     return 64, 4, 3

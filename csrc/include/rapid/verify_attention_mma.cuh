@@ -333,22 +333,17 @@ namespace cuda {
 //     step with its own softmax state; the 4 states merge lane to lane at the end in a fixed order.
 // The KV bytes leave HBM (and are dequantized) once however many drafted tokens share the call; a row's
 // keys are always split among warps the same way, whatever kTiles, so its result does not depend on
-// n_query. H100, Llama heads, S 32K / 64K, bf16: quarters takes 0.97x / 0.96x the staged time at one
-// query (int8: 0.76x / 0.72x) but 1.57x / 1.56x at 11 (its 512-thread blocks spill), so staged is the
-// default and quarters a switch for plain (one-query) decoding.
+// n_query. Quarters is a little faster at one query but much slower at 11 (its 512-thread blocks spill), so
+// staged is the default and quarters a switch for plain (one-query) decoding (docs/BENCHMARKS.md, H100).
 //
 // At one query the row warp's chain is the critical path, so the next step's global loads (data and
 // scales) are issued right after the step is staged, in flight while the row warps compute, and the row
 // warps read K / V fragments with ldmatrix (K) and ldmatrix.trans (V): 64 instructions per step instead
-// of 384 16/32-bit shared loads and 128 byte permutes (sm_90 SASS of the staged step: 1751 -> 1115 for bf16).
-// H100 A/B against the kernel without both (same arithmetic), Llama heads, one query: bf16 S 32K
-// 80.0 -> 64.2 us, 64K 145.6 -> 111.2 us (57 -> 71%, 62 -> 82% of the copy bandwidth); 11 queries
-// 94.8 -> 72.5 us, 174.2 -> 125.0 us.
+// of 384 16/32-bit shared loads and 128 byte permutes (SASS counts and timings: docs/BENCHMARKS.md, H100).
 // kFold (int8 / fp8 with bf16 queries): shared memory holds the unscaled codes (exact in bf16); K's
 // per-token scale multiplies the step's scores and V's the probabilities before P.V. Removes a multiply
-// per element from the staging loop (int8: codes to bf16 pairs by int8x4_to_bf16x4, no fp32); H100,
-// Llama heads, one query, int8 S 32K: 68.2 -> 51.1 us. fp16 queries keep per-element scaling: p * scale
-// could leave fp16's range.
+// per element from the staging loop (int8: codes to bf16 pairs by int8x4_to_bf16x4, no fp32; measured in
+// docs/BENCHMARKS.md, H100). fp16 queries keep per-element scaling: p * scale could leave fp16's range.
 constexpr int kStagedKeys = 64;
 
 // ldmatrix x4 (b16): lanes 8i..8i+7 give the row addresses of 8x8 matrix i; r[i] = row g, columns

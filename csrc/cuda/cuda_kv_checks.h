@@ -1,8 +1,7 @@
 // Argument checks of the CUDA KV ops (quantize_kv, kv_append, dequantize_kv, verify_attention), in one
 // host-compiled translation unit (kv_arg_checks.cpp): the .cu launchers call these first and then only
-// see validated arguments. Messages go through RAPID_CHECK (rapid/check.h): on the H200 image a failing
-// check whose message streamed an integer crashed the process (rc -11), in .cu and .cpp files alike
-// (GPU run 1: bench/gpu_bad_input_repro.py), so nothing here is formatted with iostreams.
+// see validated arguments. Messages go through RAPID_CHECK (rapid/check.h explains why nothing here is
+// formatted with iostreams).
 // Format and float codes follow the order of rapid::cuda::KvFormat / FloatType (rapid/kv_quant.cuh).
 #pragma once
 #include <ATen/core/Tensor.h>
