@@ -9,7 +9,8 @@ rapid.verify_attention (each KV part up to max(seqlens), not max_len).
 HostSyncCounter counts aten._local_scalar_dense (item(), int(t), bool(t): a device-to-host sync on a GPU) at the
 dispatcher, and at the torch-function level every Tensor method that hands data to the host (tolist, item,
 numpy, __int__ / __float__ / __bool__ / __index__): tolist() on a CPU tensor never reaches the dispatcher, on a
-GPU it is a sync all the same.
+GPU it is a sync all the same; and under torch.inference_mode (Model's methods) item() on an inference tensor
+is not seen at the dispatcher, only at the torch-function level.
 """
 from __future__ import annotations
 

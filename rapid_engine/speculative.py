@@ -98,7 +98,7 @@ def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     device: the first id whose float64 cumulative mass exceeds u * total. An id of zero mass is never returned
     (a rounding overshoot lands on the last id with mass). No host sync, and CUDA-graph-ready (u is an input)."""
     cdf = torch.cumsum(probs.double(), dim=-1)  # [..., V]
-    total = cdf[..., -1:]
+    total = cdf[..., -1:].contiguous()
     x = u.double().unsqueeze(-1) * total
     pick = torch.searchsorted(cdf, x, right=True)
     last_with_mass = torch.searchsorted(cdf, total, right=False)
