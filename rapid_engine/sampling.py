@@ -66,4 +66,5 @@ def _decode(model, ids, max_new_tokens, temperature, top_k, top_p, generator, kv
         yield token
         if token in stop_ids or step + 1 == max_new_tokens:
             return
-        logits = model.forward(torch.tensor([[token]], dtype=torch.int64), cache)[:, 0]
+        # token was drawn over the vocabulary: no value check (two host reads per step on a GPU)
+        logits = model.forward(torch.tensor([[token]], dtype=torch.int64), cache, ids_checked=True)[:, 0]

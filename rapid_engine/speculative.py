@@ -77,8 +77,8 @@ def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Te
     if params.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         mass_before = torch.cumsum(sorted_p, dim=0) - sorted_p
-        drop = order[mass_before >= params.top_p]  # tokens after the nucleus already reached top_p
-        probs[drop] = 0.0
+        kept = sorted_p * (mass_before < params.top_p)  # tokens after the nucleus already reached top_p drop out
+        probs = torch.zeros_like(probs).scatter_(0, order, kept)  # device-side: no nonzero(), no host sync
         probs /= probs.sum()
     return probs
 
@@ -93,38 +93,57 @@ def _fit_vocab(probs: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.nn.functional.pad(probs, (0, vocab - probs.shape[-1]))
 
 
-def draft(drafter: DraftState, gamma: int, params: SamplingParams, vocab: int, generator=None,
-          clock=time.perf_counter):
-    """Propose `gamma` tokens. Returns (tokens int64 [1, gamma], probs float32 [1, gamma, V] or None, step times,
-    (tokens, seconds) of a first forward that caught up on more than 2 pending tokens, else (0, 0.0)).
+def sample_inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids drawn from probs [..., V] (rows need not be normalized) with uniforms u [...] in [0, 1), on the
+    device: the first id whose float64 cumulative mass exceeds u * total. An id of zero mass is never returned
+    (a rounding overshoot lands on the last id with mass). No host sync, and CUDA-graph-ready (u is an input)."""
+    cdf = torch.cumsum(probs.double(), dim=-1)  # [..., V]
+    total = cdf[..., -1:].contiguous()
+    x = u.double().unsqueeze(-1) * total
+    pick = torch.searchsorted(cdf, x, right=True)
+    last_with_mass = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(pick, last_with_mass).squeeze(-1)
 
-    Leaves the drafter's cache holding pending + d_1 .. d_{gamma-1} (the last draft is never fed here).
+
+def draft(drafter: DraftState, gamma: int, params: SamplingParams, vocab: int, generator=None,
+          clock=time.perf_counter, timer=None):
+    """Propose `gamma` tokens. Returns (tokens int64 [1, gamma] on the drafter's device, probs float32
+    [1, gamma, V] or None, step intervals, (tokens, interval) of a first forward that caught up on more than 2
+    pending tokens, else (0, None)). Intervals are `timer` marks, read once the round has synced.
+
+    Tokens stay on the device (argmax, or inverse-CDF sampling with uniforms drawn up front): no host sync per
+    draft. Leaves the drafter's cache holding pending + d_1 .. d_{gamma-1} (the last draft is never fed here).
     """
+    from rapid_engine.device_clock import StepTimer
+
     device = drafter.cache.device
-    tokens, probs, step_s, catchup = [], [], [], (0, 0.0)
-    feed = drafter.pending
-    for _ in range(gamma):
-        t0 = clock()
-        ids = torch.tensor([feed], dtype=torch.long, device=device)
-        logits = drafter.model.forward(ids, drafter.cache)[0, -1]  # [V_drafter]
+    timer = timer or StepTimer(device, clock)
+    tokens, probs, steps, catchup = [], [], [], (0, None)
+    if gamma and not all(0 <= t < vocab for t in drafter.pending):  # host ints: checked here at no device cost
+        raise ValueError(f"draft: pending token ids must be in [0, {vocab}), got {drafter.pending}")
+    feed = torch.tensor([drafter.pending], dtype=torch.long, device=device)  # [1, n] the one host-to-device copy
+    uniforms = None
+    if not params.greedy and gamma:
+        gdev = generator.device if generator is not None else device
+        uniforms = torch.rand(gamma, dtype=torch.float64, device=gdev, generator=generator).to(device)
+    for g in range(gamma):
+        t0 = timer.mark()
+        logits = drafter.model.forward(feed, drafter.cache, ids_checked=True)[0, -1]  # [V_drafter]
         q = _fit_vocab(draft_distribution(logits, params), vocab)
-        if params.greedy:
-            token = int(torch.argmax(logits[:vocab]))
+        token = torch.argmax(logits[:vocab]) if params.greedy else sample_inverse_cdf(q, uniforms[g])  # 0-dim
+        interval = (t0, timer.mark())
+        if feed.shape[1] <= 2:  # a decode step; longer catch-ups after plain rounds are not draft costs
+            steps.append(interval)
         else:
-            token = int(torch.multinomial(q, 1, generator=generator))
-        elapsed = clock() - t0
-        if len(feed) <= 2:  # a decode step; longer catch-ups after plain rounds are not draft costs
-            step_s.append(elapsed)
-        else:
-            catchup = (len(feed), elapsed)
+            catchup = (feed.shape[1], interval)
         tokens.append(token)
         probs.append(q)
-        feed = [token]
+        feed = token.view(1, 1)
     drafter.pending = []
     keep_probs = not (params.greedy and params.eta == 0.0)  # greedy without shift never reads q
-    return (torch.tensor([tokens], dtype=torch.long),
+    return (torch.stack(tokens)[None] if tokens else torch.empty(1, 0, dtype=torch.long, device=device),
             torch.stack(probs)[None] if keep_probs else None,
-            step_s, catchup)
+            steps, catchup)
 
 
 def speculative_round(target, target_cache, last_token: int, drafter: DraftState | None, gamma: int,
@@ -133,35 +152,47 @@ def speculative_round(target, target_cache, last_token: int, drafter: DraftState
     """One draft -> verify -> accept round; both caches end as if the rejected drafts were never seen."""
     if gamma > 0 and drafter is None:
         raise ValueError(f"gamma={gamma} needs a drafter")
+    if not 0 <= int(last_token) < target.config.vocab_size:  # a host int: the value check costs no device read
+        raise ValueError(f"last_token must be a token id in [0, {target.config.vocab_size}), got {last_token}")
+    from rapid_engine.device_clock import StepTimer
+
     vocab = target.config.vocab_size
     device = target_cache.device
-    t_start = clock()
+    timer = StepTimer(device, clock)
+    t_start = timer.mark()
     if gamma > 0:
         drafter_len0 = drafter.cache.length + len(drafter.pending)
-        draft_tokens, draft_probs, step_s, catchup = draft(drafter, gamma, params, vocab, generator, clock)
+        draft_tokens, draft_probs, steps, catchup = draft(drafter, gamma, params, vocab, generator, clock, timer)
+        draft_tokens = draft_tokens.to(device)
     else:
-        draft_tokens = torch.empty(1, 0, dtype=torch.long)
-        draft_probs, step_s, catchup = None, [], (0, 0.0)
-    t_drafted = clock()
+        draft_tokens = torch.empty(1, 0, dtype=torch.long, device=device)
+        draft_probs, steps, catchup = None, [], (0, None)
+    t_drafted = timer.mark()
 
-    verify_ids = torch.cat([torch.tensor([[last_token]], dtype=torch.long), draft_tokens], dim=1).to(device)
+    last = torch.tensor([[last_token]], dtype=torch.long, device=device)  # checked when it entered (host int)
+    verify_ids = torch.cat([last, draft_tokens], dim=1)  # [1, gamma + 1]
     target_len0 = target_cache.length
-    logits = target.forward(verify_ids, target_cache)  # [1, gamma + 1, V]
+    logits = target.forward(verify_ids, target_cache, ids_checked=True)  # [1, gamma + 1, V]
     tokens, num_accepted = ops.spec_sample(
         logits, draft_tokens.to(logits.device),
         None if draft_probs is None else draft_probs.to(logits.device),
         temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, eta=params.eta,
         tail_alpha=params.tail_alpha, residual=params.residual, generator=generator, backend=backend)
-    accepted = int(num_accepted[0])
-    emitted = tokens[0, : accepted + 1].tolist()
-    t_verified = clock()
+    t_sampled = timer.mark()
+    # The round's one device-to-host read: the accepted count and the tokens, in one transfer.
+    host = torch.cat([num_accepted[:1].to(torch.long), tokens[0]]).tolist()
+    accepted = host[0]
+    emitted = host[1: accepted + 2]
+    seconds = timer.seconds  # every mark is complete now
 
     # Roll back: the target keeps last_token and the accepted drafts; the emitted token is fed next round.
     target_cache.truncate(target_len0 + 1 + accepted)
     if gamma > 0:
         fed = min(accepted, gamma - 1)  # drafts the drafter already holds in its cache and are still valid
         drafter.cache.truncate(drafter_len0 + fed)
-        drafter.pending = draft_tokens[0, fed:accepted].tolist() + [emitted[-1]]
+        drafter.pending = emitted[fed:accepted] + [emitted[-1]]  # the accepted drafts are emitted[:accepted]
     elif drafter is not None:
         drafter.pending.append(emitted[-1])
-    return RoundResult(emitted, gamma, accepted, t_drafted - t_start, t_verified - t_drafted, step_s, *catchup)
+    catchup_s = seconds(*catchup[1]) if catchup[1] is not None else 0.0
+    return RoundResult(emitted, gamma, accepted, seconds(t_start, t_drafted), seconds(t_drafted, t_sampled),
+                       [seconds(a, b) for a, b in steps], catchup[0], catchup_s)

@@ -39,6 +39,9 @@ class Model:
         self.embed, self.layers, self.final_norm, self.lm_head = embed, layers, final_norm, lm_head
         self.rope = RotaryEmbedding(cfg, self.device, dtype)
         # Resolved once here: the hot loop never branches on device or backend.
+        if attn_backend == "auto" and self.device.type == "cuda":  # the faster kernel on this card, measured
+            from rapid_engine.gpu_backends import verify_attention_backend
+            attn_backend = verify_attention_backend(self.device)
         self.attn_backend = _ext.resolve_backend(attn_backend, self.device, "verify_attention")
         # The kernels treat every query row alone; the torch reference batches them through one
         # matmul (shape-dependent rounding), so on that backend small steps go row by row.
@@ -135,21 +138,27 @@ class Model:
         return self._lm_logits(hidden[:, -1:])[:, 0]
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """Run n new tokens ids [B, n] at positions cache.length.. ; appends; -> float32 logits [B, n, V]."""
-        ids = self._check_ids(ids, "ids")
+    def forward(self, ids: torch.Tensor, cache, *, ids_checked: bool = False) -> torch.Tensor:
+        """Run n new tokens ids [B, n] at positions cache.length.. ; appends; -> float32 logits [B, n, V].
+
+        ids_checked=True: the caller vouches that every id is in [0, vocab) (the engine's own tokens: checked
+        where they entered, or drawn over the vocabulary on the device), so the value check and its two
+        device-to-host reads are skipped inside a speculative round."""
+        ids = self._check_ids(ids, "ids", values=not ids_checked)
         self._check_room(ids, cache)
         return self._lm_logits(self._hidden(ids, cache))
 
     __call__ = forward
 
     # ---- internals ----------------------------------------------------------------------------
-    def _check_ids(self, ids, name: str) -> torch.Tensor:
+    def _check_ids(self, ids, name: str, values: bool = True) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be an integer tensor [batch, tokens], got "
                              f"{getattr(ids, 'dtype', type(ids).__name__)} {list(getattr(ids, 'shape', []))}")
         if ids.shape[0] < 1 or ids.shape[1] < 1:
             raise ValueError(f"{name} must hold at least one token per row, got shape {list(ids.shape)}")
+        if not values:
+            return ids.to(self.device, torch.int64)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"{name}: token ids must be in [0, {self.config.vocab_size}), got {lo if lo < 0 else hi}")
@@ -179,7 +188,7 @@ class Model:
         b, t = ids.shape
         nq, nkv, d, inter = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
         start = cache.length
-        cos, sin = self.rope.cos_sin(start, t)  # [T, D/2]
+        cos, sin = _rope_tables(self.rope, cache, start, t)  # [T, D/2]
         seqlens = cache.seqlens(t)  # int32 [B]
         x = F.embedding(ids, self.embed)  # [B, T, hidden]
         for i, L in enumerate(self.layers):
@@ -204,6 +213,16 @@ class Model:
         return (f"Model({c.architecture}, layers={c.num_layers}, hidden={c.hidden_size}, heads={c.num_heads}/"
                 f"{c.num_kv_heads}, vocab={c.vocab_size}, dtype={self.dtype}, device={self.device}, "
                 f"attn_backend={self.attn_backend!r})")
+
+
+def _rope_tables(rope, cache, start: int, t: int):
+    """cos/sin [T, D/2] at positions start..; a cache that carries its positions as a device tensor (the CUDA
+    graph runner's, rapid_engine/cuda_graphs.py) gathers them, so a captured step serves every position."""
+    positions = getattr(cache, "positions", None)  # int64 [T] on the device, or None
+    if positions is None:
+        return rope.cos_sin(start, t)
+    cos, sin = rope.cos_sin(0, cache.max_len)  # the whole table (built once; views afterwards)
+    return cos.index_select(0, positions), sin.index_select(0, positions)
 
 
 def _attend_batched(q, k, v, seqlens, backend):
