@@ -2,7 +2,7 @@
 
 On an H200 (torch 2.11, nvcc 13) the CUDA launchers segfaulted (rc -11) when a TORCH_CHECK whose
 message streams integers or sizes fired inside nvcc-compiled code; literal-only messages raised
-fine. The checks now live in the host-compiled csrc/cuda/kv_arg_checks.cpp. Each case runs in its
+fine. The checks now live in the host-compiled csrc/cuda/cuda_kv_checks.cpp. Each case runs in its
 own process (a segfault must not take the others down), all in parallel.
 
   "attn" / "kv" cases: must raise with the expected text   -> PASS / FAIL lines

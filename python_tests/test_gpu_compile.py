@@ -198,7 +198,7 @@ def test_launchers_define_what_ops_h_declares(builds):
         assert rc == 0, f"{src} did not compile"
         defined |= _symbols(obj, "--defined-only")
     assert needed <= defined, f"declared in ops.h but not defined by csrc/cuda: {sorted(needed - defined)}"
-    # the .cu launchers call the host-compiled checks (kv_arg_checks.cpp): those must link too
+    # the .cu launchers call the host-compiled checks (cuda_kv_checks.cpp): those must link too
     checks_needed = set()
     for src in CU_SOURCES:
         checks_needed |= {s for s in _symbols(builds["results"][src][2], "-u") if "cuda_checks" in s}

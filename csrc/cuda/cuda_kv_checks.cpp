@@ -1,6 +1,6 @@
-// Argument checks of the CUDA KV ops; see kv_arg_checks.h for why this is a host-compiled file.
+// Argument checks of the CUDA KV ops; see cuda_kv_checks.h for why this is a host-compiled file.
 // No CUDA headers here: only shapes, dtypes, devices, strides and (optionally) seqlens values.
-#include "kv_arg_checks.h"
+#include "cuda_kv_checks.h"
 
 #include <c10/util/Exception.h>
 

@@ -1,5 +1,5 @@
 // Argument checks of the CUDA KV ops (quantize_kv, kv_append, dequantize_kv, verify_attention), in one
-// host-compiled translation unit (kv_arg_checks.cpp): the .cu launchers call these first and then only
+// host-compiled translation unit (cuda_kv_checks.cpp): the .cu launchers call these first and then only
 // see validated arguments. Messages go through RAPID_CHECK (rapid/check.h explains why nothing here is
 // formatted with iostreams).
 // Format and float codes follow the order of rapid::cuda::KvFormat / FloatType (rapid/kv_quant.cuh).

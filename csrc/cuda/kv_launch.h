@@ -1,10 +1,10 @@
 // Launcher-side helpers shared by the CUDA KV launchers (kv_quant.cu, verify_attention.cu): the codes
-// returned by the host-compiled checks (kv_arg_checks.h) as the framework-free enums of rapid/kv_quant.cuh.
+// returned by the host-compiled checks (cuda_kv_checks.h) as the framework-free enums of rapid/kv_quant.cuh.
 // Nothing here throws: arguments reach the .cu files validated.
 #pragma once
 #include <ATen/core/Tensor.h>
 
-#include "kv_arg_checks.h"
+#include "cuda_kv_checks.h"
 #include "rapid/kv_quant.cuh"
 
 namespace rapid {

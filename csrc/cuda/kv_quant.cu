@@ -1,5 +1,5 @@
 // CUDA launchers of the KV cache formats: quantize_kv, kv_append (quantize-on-write), dequantize_kv.
-// Arguments are checked first by the host-compiled kv_arg_checks.cpp; kernels: csrc/include/rapid/kv_quant.cuh.
+// Arguments are checked first by the host-compiled cuda_kv_checks.cpp; kernels: csrc/include/rapid/kv_quant.cuh.
 // Only light ATen/c10 headers: the full <torch/all.h> triples nvcc time per architecture.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -1,6 +1,6 @@
 // CUDA launcher of verify_attention: split choice, workspace, dispatch on (KV format, head_dim,
 // q dtype), then the split kernel and the merge kernel on the current stream. Arguments are checked
-// first by the host-compiled kv_arg_checks.cpp (nothing here formats an error message).
+// first by the host-compiled cuda_kv_checks.cpp (nothing here formats an error message).
 // Kernels: rapid/verify_attention_mma.cuh (tensor cores: bf16/fp16 q, head_dim 64/128) and
 // rapid/verify_attention.cuh (fp32 FMA: fp32 q or other head_dims; the merge kernel).
 #include <ATen/core/Tensor.h>
